@@ -1,0 +1,1 @@
+//! Harnesses for whole-system tests.
