@@ -95,9 +95,11 @@ impl ConnectData {
     }
 }
 
-/// The dword-0 result of a Connect that failed with "invalid parameters": which field.
+/// The dword-0 result of a Connect that failed with "invalid parameters": the offset of the
+/// offending field (IPO, bits 15:0) and whether it lies in the data (IATTR, bit 16) rather
+/// than in the command.
 pub fn connect_invalid_param_result(in_data: bool, offset: u16) -> u32 {
-    (u32::from(offset) << 16) | u32::from(in_data)
+    (u32::from(in_data) << 16) | u32::from(offset)
 }
 
 /// Property Get / Property Set fields.
@@ -216,6 +218,12 @@ mod tests {
         };
         assert_eq!(ConnectData::decode(&d.encode()), Some(d));
         assert_eq!(ConnectData::decode(&[0u8; 100]), None);
+    }
+
+    #[test]
+    fn invalid_param_result_layout() {
+        assert_eq!(connect_invalid_param_result(true, connect_data_offset::SUBNQN), 0x0001_0100);
+        assert_eq!(connect_invalid_param_result(false, 44), 44);
     }
 
     #[test]

@@ -1,0 +1,68 @@
+//! Running the datapath: open the backends, build the target, listen, print how to connect,
+//! and shut down cleanly (flushing every device) on SIGTERM or Ctrl-C.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use ferrite_block::BlockDevice;
+use ferrite_block::spec::BackendSpec;
+use ferrite_target::{HostAccess, NamespaceConfig, SubsystemConfig, Target, TargetOptions};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{info, warn};
+
+use crate::config::{Config, DEFAULT_BLOCK_SIZE};
+
+/// Serves `config` until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> Result<()> {
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+
+    let target = Target::new(TargetOptions::default());
+    let mut devices: Vec<Arc<dyn BlockDevice>> = Vec::new();
+    for s in &config.subsystems {
+        let mut namespaces = Vec::new();
+        for ns in &s.namespaces {
+            let spec = BackendSpec::parse(&ns.backend).with_context(|| format!("{}: backend {:?}", s.nqn, ns.backend))?;
+            let device = spec
+                .open(ns.block_size.unwrap_or(DEFAULT_BLOCK_SIZE))
+                .await
+                .with_context(|| format!("{} namespace {}: opening {}", s.nqn, ns.nsid, ns.backend))?;
+            info!(nqn = %s.nqn, nsid = ns.nsid, device = %device.describe(), size = device.size_bytes(),
+                  block_size = device.block_size(), "namespace ready");
+            devices.push(device.clone());
+            namespaces.push(NamespaceConfig { nsid: ns.nsid, device });
+        }
+        let hosts = if s.allow_hosts.is_empty() { HostAccess::Any } else { HostAccess::Only(s.allow_hosts.clone()) };
+        target.add_subsystem(SubsystemConfig { nqn: s.nqn.clone(), hosts, namespaces })?;
+    }
+    let mut bound = Vec::new();
+    for addr in &config.listen {
+        bound.push(target.listen(*addr).await?);
+    }
+    print_connect_help(&config, &bound);
+
+    tokio::select! {
+        _ = sigterm.recv() => info!("SIGTERM: shutting down"),
+        _ = sigint.recv() => info!("SIGINT: shutting down"),
+    }
+    target.shutdown().await;
+    for d in &devices {
+        if let Err(e) = d.flush().await {
+            warn!(device = %d.describe(), error = %e, "final flush failed");
+        }
+    }
+    info!("stopped");
+    Ok(())
+}
+
+fn print_connect_help(config: &Config, bound: &[std::net::SocketAddr]) {
+    let Some(first) = bound.first() else { return };
+    let (a, p) = (first.ip(), first.port());
+    println!("Ferrite datapath serving NVMe/TCP on {}", bound.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(", "));
+    println!("  discover:   nvme discover -t tcp -a {a} -s {p}");
+    for s in &config.subsystems {
+        let host = s.allow_hosts.first().map(|h| format!(" --hostnqn {h}")).unwrap_or_default();
+        println!("  connect:    nvme connect -t tcp -a {a} -s {p} -n {}{host}", s.nqn);
+    }
+    println!("  disconnect: nvme disconnect -n <NQN>        (stop with Ctrl-C or SIGTERM)");
+}

@@ -1,0 +1,258 @@
+//! The target: the registry of subsystems and listeners, and the management API the node
+//! agent uses to export and withdraw namespaces at run time.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use ferrite_protocol::nqn::{self, DISCOVERY_NQN};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tracing::{info, warn};
+
+use crate::connection;
+use crate::controller::Controller;
+use crate::error::TargetError;
+use crate::options::TargetOptions;
+use crate::subsystem::{HostAccess, NamespaceConfig, Subsystem, SubsystemConfig};
+
+/// Resolves once a shutdown/close signal is raised (or its sender is gone).
+pub(crate) async fn signalled(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// State shared by every connection of a target.
+pub(crate) struct Shared {
+    pub options: TargetOptions,
+    subsystems: RwLock<HashMap<String, Arc<Subsystem>>>,
+    listeners: Mutex<Vec<SocketAddr>>,
+    genctr: AtomicU64,
+    discovery_cntlid: AtomicU64,
+    shutdown: watch::Sender<bool>,
+    active_connections: AtomicUsize,
+    idle: Notify,
+}
+
+impl Shared {
+    pub fn subsystem(&self, nqn: &str) -> Option<Arc<Subsystem>> {
+        self.subsystems.read().ok()?.get(nqn).cloned()
+    }
+
+    pub fn subsystems(&self) -> Vec<Arc<Subsystem>> {
+        let mut v: Vec<_> = self.subsystems.read().map(|m| m.values().cloned().collect()).unwrap_or_default();
+        v.sort_by(|a: &Arc<Subsystem>, b| a.nqn.cmp(&b.nqn));
+        v
+    }
+
+    pub fn listeners(&self) -> Vec<SocketAddr> {
+        self.listeners.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Discovery log generation counter; bumped on every change to what hosts can see.
+    pub fn genctr(&self) -> u64 {
+        self.genctr.load(Ordering::Relaxed)
+    }
+
+    fn bump(&self) {
+        self.genctr.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Creates a discovery controller (they are not kept in any subsystem's table).
+    pub fn register_discovery(&self, make: impl FnOnce(u16) -> Arc<Controller>) -> Arc<Controller> {
+        let id = (self.discovery_cntlid.fetch_add(1, Ordering::Relaxed) % 0xFFEF) as u16 + 1;
+        make(id)
+    }
+
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    pub fn connection_started(&self) {
+        self.active_connections.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn connection_ended(&self) {
+        if self.active_connections.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+}
+
+/// An NVMe/TCP target: subsystems served on TCP listeners.
+pub struct Target {
+    shared: Arc<Shared>,
+}
+
+impl Target {
+    pub fn new(options: TargetOptions) -> Arc<Target> {
+        let (shutdown, _) = watch::channel(false);
+        Arc::new(Target {
+            shared: Arc::new(Shared {
+                options,
+                subsystems: RwLock::new(HashMap::new()),
+                listeners: Mutex::new(Vec::new()),
+                genctr: AtomicU64::new(1),
+                discovery_cntlid: AtomicU64::new(0),
+                shutdown,
+                active_connections: AtomicUsize::new(0),
+                idle: Notify::new(),
+            }),
+        })
+    }
+
+    pub fn options(&self) -> &TargetOptions {
+        &self.shared.options
+    }
+
+    /// Adds a subsystem. Fails, changing nothing, on a bad NQN, a duplicate, or bad
+    /// namespaces.
+    pub fn add_subsystem(&self, cfg: SubsystemConfig) -> Result<(), TargetError> {
+        nqn::validate(&cfg.nqn)?;
+        if cfg.nqn == DISCOVERY_NQN {
+            return Err(TargetError::ReservedNqn(cfg.nqn));
+        }
+        if let HostAccess::Only(hosts) = &cfg.hosts {
+            for h in hosts {
+                nqn::validate(h)?;
+            }
+        }
+        let sub = Subsystem::new(&cfg).map_err(|reason| TargetError::InvalidNamespace { nqn: cfg.nqn.clone(), reason })?;
+        {
+            let mut map = self.shared.subsystems.write().map_err(|_| TargetError::SubsystemExists(cfg.nqn.clone()))?;
+            if map.contains_key(&cfg.nqn) {
+                return Err(TargetError::SubsystemExists(cfg.nqn));
+            }
+            map.insert(cfg.nqn.clone(), Arc::new(sub));
+        }
+        self.shared.bump();
+        info!(nqn = %cfg.nqn, namespaces = cfg.namespaces.len(), hosts = ?cfg.hosts, "subsystem added");
+        Ok(())
+    }
+
+    /// Removes a subsystem and disconnects its controllers.
+    pub fn remove_subsystem(&self, nqn: &str) -> Result<(), TargetError> {
+        let sub = self
+            .shared
+            .subsystems
+            .write()
+            .ok()
+            .and_then(|mut m| m.remove(nqn))
+            .ok_or_else(|| TargetError::SubsystemNotFound(nqn.to_string()))?;
+        for c in sub.controllers() {
+            c.shutdown("subsystem removed");
+        }
+        self.shared.bump();
+        info!(nqn, "subsystem removed");
+        Ok(())
+    }
+
+    /// Replaces a subsystem's host access list. Connected hosts that are no longer allowed
+    /// are disconnected.
+    pub fn set_hosts(&self, nqn: &str, hosts: HostAccess) -> Result<(), TargetError> {
+        if let HostAccess::Only(list) = &hosts {
+            for h in list {
+                nqn::validate(h)?;
+            }
+        }
+        let sub = self.shared.subsystem(nqn).ok_or_else(|| TargetError::SubsystemNotFound(nqn.to_string()))?;
+        sub.set_hosts(hosts);
+        for c in sub.controllers() {
+            if !sub.allows(&c.hostnqn) {
+                c.shutdown("host removed from the access list");
+            }
+        }
+        self.shared.bump();
+        Ok(())
+    }
+
+    /// Adds (or replaces) a namespace of a subsystem; connected hosts get an event.
+    pub fn add_namespace(&self, nqn: &str, ns: NamespaceConfig) -> Result<(), TargetError> {
+        let sub = self.shared.subsystem(nqn).ok_or_else(|| TargetError::SubsystemNotFound(nqn.to_string()))?;
+        sub.add_namespace(&ns).map_err(|reason| TargetError::InvalidNamespace { nqn: nqn.to_string(), reason })
+    }
+
+    /// Removes a namespace of a subsystem; connected hosts get an event.
+    pub fn remove_namespace(&self, nqn: &str, nsid: u32) -> Result<bool, TargetError> {
+        let sub = self.shared.subsystem(nqn).ok_or_else(|| TargetError::SubsystemNotFound(nqn.to_string()))?;
+        Ok(sub.remove_namespace(nsid))
+    }
+
+    /// NQNs of the subsystems served.
+    pub fn subsystem_nqns(&self) -> Vec<String> {
+        self.shared.subsystems().iter().map(|s| s.nqn.clone()).collect()
+    }
+
+    /// Number of live controllers of a subsystem.
+    pub fn controller_count(&self, nqn: &str) -> usize {
+        self.shared.subsystem(nqn).map(|s| s.controllers().len()).unwrap_or(0)
+    }
+
+    /// Starts serving on `addr` (port 0 picks a free port) and returns the bound address.
+    pub async fn listen(&self, addr: SocketAddr) -> Result<SocketAddr, TargetError> {
+        let listener = TcpListener::bind(addr).await.map_err(|source| TargetError::Listen { addr, source })?;
+        let bound = listener.local_addr().map_err(|source| TargetError::Listen { addr, source })?;
+        if let Ok(mut l) = self.shared.listeners.lock() {
+            l.push(bound);
+        }
+        self.shared.bump();
+        info!(%bound, "listening for NVMe/TCP");
+        let shared = self.shared.clone();
+        let mut stop = shared.shutdown_signal();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    r = listener.accept() => match r {
+                        Ok((stream, peer)) => {
+                            shared.connection_started();
+                            let s = shared.clone();
+                            tokio::spawn(async move {
+                                connection::serve(stream, peer, s.clone()).await;
+                                s.connection_ended();
+                            });
+                        }
+                        Err(e) => {
+                            warn!(%bound, error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    },
+                    _ = signalled(&mut stop) => break,
+                }
+            }
+            if let Ok(mut l) = shared.listeners.lock() {
+                l.retain(|a| *a != bound);
+            }
+        });
+        Ok(bound)
+    }
+
+    /// Addresses currently listened on.
+    pub fn listen_addrs(&self) -> Vec<SocketAddr> {
+        self.shared.listeners()
+    }
+
+    /// Stops listening, disconnects every host, and waits (up to 5 s) for connections to
+    /// finish their in-flight commands.
+    pub async fn shutdown(&self) {
+        let _ = self.shared.shutdown.send(true);
+        for s in self.shared.subsystems() {
+            for c in s.controllers() {
+                c.shutdown("target shutting down");
+            }
+        }
+        let wait = async {
+            while self.shared.active_connections.load(Ordering::Acquire) > 0 {
+                let notified = self.shared.idle.notified();
+                if self.shared.active_connections.load(Ordering::Acquire) == 0 {
+                    break;
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(100), notified).await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(5), wait).await.is_err() {
+            warn!("connections still open after 5 s at shutdown");
+        }
+        info!("target stopped");
+    }
+}
