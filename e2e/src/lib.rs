@@ -1,1 +1,18 @@
-//! Harnesses for whole-system tests.
+//! Harnesses for Ferrite's whole-system tests: building and starting `ferrite-datapath`
+//! processes, and running guest scripts in the QEMU kernel-initiator bed (`e2e/qemu`).
+
+pub mod datapath;
+pub mod qemu;
+
+use std::path::PathBuf;
+
+/// The workspace root (the folder holding the top-level Cargo.toml).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> std::io::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}

@@ -1,0 +1,40 @@
+//! Running guest scripts in the QEMU kernel-initiator bed (see `e2e/qemu/README.md`).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::workspace_root;
+
+/// The result of one guest run.
+pub struct GuestRun {
+    pub passed: bool,
+    /// Everything run-guest.sh printed (the guest console included).
+    pub output: String,
+}
+
+/// Prepares the bed (a no-op when cached) and runs `script` (relative to `e2e/qemu/guest`)
+/// in a fresh guest with `env` as its test.env.
+pub fn run_guest(script: &str, timeout_s: u32, env: &[(&str, String)]) -> Result<GuestRun, String> {
+    let qemu = workspace_root().join("e2e").join("qemu");
+    let prep = Command::new("bash")
+        .arg(qemu.join("prepare.sh"))
+        .output()
+        .map_err(|e| format!("running prepare.sh: {e}"))?;
+    if !prep.status.success() {
+        return Err(format!(
+            "e2e/qemu/prepare.sh failed ({}); it needs root and Debian's apt:\n{}{}",
+            prep.status,
+            String::from_utf8_lossy(&prep.stdout),
+            String::from_utf8_lossy(&prep.stderr)
+        ));
+    }
+    let script_path: PathBuf = qemu.join("guest").join(script);
+    let mut cmd = Command::new("bash");
+    cmd.arg(qemu.join("run-guest.sh")).arg(&script_path).arg(timeout_s.to_string());
+    for (k, v) in env {
+        cmd.arg(format!("{k}={v}"));
+    }
+    let out = cmd.output().map_err(|e| format!("running run-guest.sh: {e}"))?;
+    let output = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    Ok(GuestRun { passed: out.status.success() && output.contains("FERRITE-GUEST-RESULT: PASS"), output })
+}
