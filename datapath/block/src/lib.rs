@@ -13,8 +13,11 @@ pub mod device;
 mod engine;
 pub mod error;
 pub mod file;
+pub mod mirror;
+pub mod raid0;
 pub mod ram;
 pub mod spec;
+pub mod thin;
 mod uring;
 
 pub use buf::IoBuf;

@@ -84,7 +84,7 @@ fn identify_controller(ctx: &QueueCtx) -> IdentifyController {
         lpa: 1 << 2,
         elpe: (ERROR_LOG_ENTRIES - 1) as u8,
         kas: 1,
-        maxcmd: if io { o.max_queue_entries } else { o.max_admin_queue_entries },
+        maxcmd: o.max_queue_entries,
         nn: if io { MAX_NSID } else { 0 },
         oncs: if io { oncs::COMPARE | oncs::DSM | oncs::WRITE_ZEROES } else { 0 },
         vwc: io,

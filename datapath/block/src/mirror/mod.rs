@@ -1,0 +1,2 @@
+//! Mirrors over replicas: fan-out writes, balanced reads, dirty-region tracking, epochs and
+//! rebuild (being written).
