@@ -1,0 +1,289 @@
+//! Bad input on the wire: the target answers malformed PDUs with a C2HTermReq carrying the
+//! right fatal error status, closes only that connection, and keeps serving everyone else.
+//! Also checks Connect refusals and command-level errors over raw PDUs.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferrite_block::RamDevice;
+use ferrite_protocol::command::{SglDescriptor, Sqe, admin_opcode};
+use ferrite_protocol::completion::Cqe;
+use ferrite_protocol::fabrics::{CNTLID_DYNAMIC, ConnectCommand, ConnectData, PropertyCommand, property};
+use ferrite_protocol::pdu::{
+    CommonHeader, DataHeader, Digests, ICReq, PduHeader, PduType, decode_pdu, encode_pdu, fes,
+};
+use ferrite_protocol::status::Status;
+use ferrite_target::{HostAccess, NamespaceConfig, SubsystemConfig, Target, TargetOptions};
+use rand::{Rng, SeedableRng};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const NQN: &str = "nqn.2024-01.dev.ferrite:malformed";
+const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:11111111-2222-3333-4444-555555555555";
+
+async fn target() -> (Arc<Target>, SocketAddr) {
+    let t = Target::new(TargetOptions::default());
+    let dev = Arc::new(RamDevice::new(16 << 20, 4096).unwrap());
+    t.add_subsystem(SubsystemConfig {
+        nqn: NQN.into(),
+        hosts: HostAccess::Only(vec![HOST.into()]),
+        namespaces: vec![NamespaceConfig { nsid: 1, device: dev }],
+    })
+    .unwrap();
+    let addr = t.listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    (t, addr)
+}
+
+/// A raw NVMe/TCP connection that speaks PDUs built by hand.
+struct Raw {
+    s: TcpStream,
+    buf: Vec<u8>,
+    digests: Option<Digests>,
+}
+
+impl Raw {
+    async fn open(addr: SocketAddr) -> Raw {
+        Raw { s: TcpStream::connect(addr).await.unwrap(), buf: Vec::new(), digests: None }
+    }
+
+    async fn send_raw(&mut self, bytes: &[u8]) {
+        self.s.write_all(bytes).await.unwrap();
+    }
+
+    async fn send(&mut self, h: PduHeader, data: &[u8]) {
+        let mut out = Vec::new();
+        encode_pdu(&h, data, self.digests.unwrap_or_default(), &mut out);
+        self.send_raw(&out).await;
+    }
+
+    /// Receives one PDU, or None if the target closed the connection.
+    async fn recv(&mut self) -> Option<(PduHeader, Vec<u8>)> {
+        loop {
+            let digests = match self.digests {
+                None => None,
+                Some(d) => Some(d),
+            };
+            // C2HTermReq carries no digests; ICResp comes before negotiation.
+            let attempt = decode_pdu(&self.buf, digests, 1 << 20);
+            if let Ok(Some((p, used))) = attempt {
+                let out = (p.header, p.data.to_vec());
+                self.buf.drain(..used);
+                return Some(out);
+            }
+            let mut chunk = [0u8; 8192];
+            let n = tokio::time::timeout(Duration::from_secs(5), self.s.read(&mut chunk)).await.ok()?.ok()?;
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    async fn initialize(&mut self, digests: Digests) {
+        self.send(PduHeader::ICReq(ICReq { pfv: 0, hpda: 0, digests, maxr2t: 0 }), &[]).await;
+        let (h, _) = self.recv().await.expect("ICResp");
+        match h {
+            PduHeader::ICResp(r) => {
+                assert_eq!(r.digests, digests);
+                assert_eq!(r.cpda, 0);
+                assert!(r.maxh2cdata >= 4096 && r.maxh2cdata % 4 == 0);
+            }
+            other => panic!("expected ICResp, got {other:?}"),
+        }
+        self.digests = Some(digests);
+    }
+
+    async fn command(&mut self, sqe: Sqe, data: &[u8]) -> Cqe {
+        self.send(PduHeader::CapsuleCmd(sqe), data).await;
+        loop {
+            match self.recv().await.expect("response") {
+                (PduHeader::CapsuleResp(c), _) => return c,
+                (PduHeader::C2HData(_), _) => continue,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    async fn connect_admin(&mut self, subnqn: &str, hostnqn: &str) -> Cqe {
+        let mut sqe = ConnectCommand { recfmt: 0, qid: 0, sqsize: 31, cattr: 0, kato: 0 }.to_sqe(1);
+        let data = ConnectData { hostid: [1; 16], cntlid: CNTLID_DYNAMIC, subnqn: subnqn.into(), hostnqn: hostnqn.into() }.encode();
+        sqe.dptr = SglDescriptor::in_capsule(data.len() as u32);
+        self.command(sqe, &data).await
+    }
+
+    /// Expects a C2HTermReq with `want_fes` and then the connection closing.
+    async fn expect_term(&mut self, want_fes: u16) {
+        self.digests = None;
+        // The TermReq has no digests; decode it as if none were negotiated.
+        let mut got = None;
+        loop {
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout(Duration::from_secs(5), self.s.read(&mut chunk)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(_) => panic!("the target neither terminated nor closed the connection"),
+            }
+        }
+        while self.buf.len() >= 8 {
+            let mut ch = [0u8; 8];
+            ch.copy_from_slice(&self.buf[..8]);
+            let c = CommonHeader::decode(&ch);
+            if c.pdu_type == PduType::C2HTermReq as u8 {
+                got = Some(u16::from_le_bytes([self.buf[8], self.buf[9]]));
+                break;
+            }
+            let len = (c.plen as usize).max(8).min(self.buf.len());
+            self.buf.drain(..len);
+        }
+        assert_eq!(got, Some(want_fes), "expected C2HTermReq with FES {want_fes:#x}");
+    }
+}
+
+async fn still_serves(addr: SocketAddr) {
+    let mut r = Raw::open(addr).await;
+    r.initialize(Digests::NONE).await;
+    let c = r.connect_admin(NQN, HOST).await;
+    assert!(c.status.is_success(), "connect after a bad peer: {:?}", c.status);
+}
+
+#[tokio::test]
+async fn bad_icreq_is_terminated() {
+    let (_t, addr) = target().await;
+    let mut r = Raw::open(addr).await;
+    let mut out = Vec::new();
+    encode_pdu(&PduHeader::ICReq(ICReq { pfv: 0, hpda: 0, digests: Digests::NONE, maxr2t: 0 }), &[], Digests::NONE, &mut out);
+    out[8] = 7; // PFV 7
+    r.send_raw(&out).await;
+    r.expect_term(fes::UNSUPPORTED_PARAMETER).await;
+    still_serves(addr).await;
+}
+
+#[tokio::test]
+async fn capsule_before_icreq_is_a_sequence_error() {
+    let (_t, addr) = target().await;
+    let mut r = Raw::open(addr).await;
+    let mut out = Vec::new();
+    encode_pdu(&PduHeader::CapsuleCmd(Sqe::default()), &[], Digests::NONE, &mut out);
+    r.send_raw(&out).await;
+    r.expect_term(fes::PDU_SEQUENCE_ERROR).await;
+}
+
+#[tokio::test]
+async fn wrong_hlen_and_unknown_type_are_terminated() {
+    let (_t, addr) = target().await;
+    for (patch, want) in [((2usize, 71u8), fes::INVALID_HEADER_FIELD), ((0, 0x0b), fes::INVALID_HEADER_FIELD)] {
+        let mut r = Raw::open(addr).await;
+        r.initialize(Digests::NONE).await;
+        let mut out = Vec::new();
+        encode_pdu(&PduHeader::CapsuleCmd(Sqe::default()), &[], Digests::NONE, &mut out);
+        out[patch.0] = patch.1;
+        r.send_raw(&out).await;
+        r.expect_term(want).await;
+    }
+    still_serves(addr).await;
+}
+
+#[tokio::test]
+async fn header_digest_error_is_terminated() {
+    let (_t, addr) = target().await;
+    let mut r = Raw::open(addr).await;
+    let d = Digests { header: true, data: true };
+    r.initialize(d).await;
+    let mut out = Vec::new();
+    encode_pdu(&PduHeader::CapsuleCmd(Sqe::default()), &[], d, &mut out);
+    out[10] ^= 0x40; // corrupt the CID; the digest no longer matches
+    r.send_raw(&out).await;
+    r.expect_term(fes::HEADER_DIGEST_ERROR).await;
+    still_serves(addr).await;
+}
+
+#[tokio::test]
+async fn oversized_in_capsule_data_is_terminated() {
+    let (_t, addr) = target().await;
+    let mut r = Raw::open(addr).await;
+    r.initialize(Digests::NONE).await;
+    // Claim a 1 MiB capsule: refused from the header alone, before reading the data.
+    let ch = CommonHeader { pdu_type: PduType::CapsuleCmd as u8, flags: 0, hlen: 72, pdo: 72, plen: 72 + (1 << 20) };
+    let mut out = ch.encode().to_vec();
+    out.extend_from_slice(&Sqe::default().encode());
+    r.send_raw(&out).await;
+    r.expect_term(fes::DATA_LIMIT_EXCEEDED).await;
+}
+
+#[tokio::test]
+async fn h2c_data_for_unknown_tag_is_terminated() {
+    let (_t, addr) = target().await;
+    let mut r = Raw::open(addr).await;
+    r.initialize(Digests::NONE).await;
+    assert!(r.connect_admin(NQN, HOST).await.status.is_success());
+    let dh = DataHeader { cccid: 9, ttag: 77, datao: 0, datal: 4, last: true, success: false };
+    r.send(PduHeader::H2CData(dh), b"data").await;
+    r.expect_term(fes::INVALID_HEADER_FIELD).await;
+}
+
+#[tokio::test]
+async fn connect_refusals() {
+    let (t, addr) = target().await;
+    let mut r = Raw::open(addr).await;
+    r.initialize(Digests::NONE).await;
+    let c = r.connect_admin("nqn.2024-01.dev.ferrite:nope", HOST).await;
+    assert_eq!(c.status, Status::CONNECT_INVALID_PARAMETERS);
+    assert_eq!(c.result, 0x0001_0100, "IATTR=data, IPO=256 (subnqn)");
+    let c = r.connect_admin(NQN, "nqn.2014-08.org.nvmexpress:uuid:99999999-2222-3333-4444-555555555555").await;
+    assert_eq!(c.status, Status::CONNECT_INVALID_HOST);
+    let c = r.connect_admin(NQN, "not-an-nqn").await;
+    assert_eq!(c.status, Status::CONNECT_INVALID_PARAMETERS);
+    assert_eq!(t.controller_count(NQN), 0, "refused connects leave no controller");
+    // An I/O queue for a controller that does not exist.
+    let mut sqe = ConnectCommand { recfmt: 0, qid: 1, sqsize: 31, cattr: 0, kato: 0 }.to_sqe(2);
+    let data = ConnectData { hostid: [1; 16], cntlid: 4242, subnqn: NQN.into(), hostnqn: HOST.into() }.encode();
+    sqe.dptr = SglDescriptor::in_capsule(data.len() as u32);
+    assert_eq!(r.command(sqe, &data).await.status, Status::CONNECT_INVALID_PARAMETERS);
+    // The connection is still usable after refusals.
+    assert!(r.connect_admin(NQN, HOST).await.status.is_success());
+}
+
+#[tokio::test]
+async fn commands_need_connect_and_enable() {
+    let (_t, addr) = target().await;
+    let mut r = Raw::open(addr).await;
+    r.initialize(Digests::NONE).await;
+    let identify = Sqe { opcode: admin_opcode::IDENTIFY, cid: 5, cdw10: 1, dptr: SglDescriptor::transport(4096), ..Default::default() };
+    assert_eq!(r.command(identify, &[]).await.status, Status::COMMAND_SEQUENCE_ERROR, "before Connect");
+    assert!(r.connect_admin(NQN, HOST).await.status.is_success());
+    assert_eq!(r.command(identify, &[]).await.status, Status::COMMAND_SEQUENCE_ERROR, "before CC.EN");
+    let cap = r.command(PropertyCommand { size: 8, offset: property::CAP, value: 0 }.to_sqe(6, false), &[]).await;
+    assert!(cap.status.is_success());
+    assert_eq!(cap.result64() & 0xffff, 127, "MQES");
+    let en = PropertyCommand { size: 4, offset: property::CC, value: 0x0046_0001 }.to_sqe(7, true);
+    assert!(r.command(en, &[]).await.status.is_success());
+    assert!(r.command(identify, &[]).await.status.is_success());
+    let bogus = Sqe { opcode: 0xC5, cid: 8, ..Default::default() };
+    assert_eq!(r.command(bogus, &[]).await.status, Status::INVALID_OPCODE);
+    let bad_prop = PropertyCommand { size: 4, offset: 0x40, value: 0 }.to_sqe(9, false);
+    assert_eq!(r.command(bad_prop, &[]).await.status, Status::INVALID_FIELD);
+}
+
+/// Random garbage after a valid initialization never brings the target down.
+#[tokio::test]
+async fn random_garbage_never_kills_the_target() {
+    let (_t, addr) = target().await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0xfe11);
+    for _ in 0..50 {
+        let mut r = Raw::open(addr).await;
+        if rng.random_bool(0.5) {
+            r.initialize(Digests { header: rng.random(), data: rng.random() }).await;
+        }
+        let n = rng.random_range(1..600);
+        let mut junk: Vec<u8> = (0..n).map(|_| rng.random()).collect();
+        if rng.random_bool(0.5) && junk.len() > 8 {
+            junk[0] = rng.random_range(0..10);
+            junk[2] = [24u8, 72, 128][rng.random_range(0..3)];
+        }
+        r.send_raw(&junk).await;
+        drop(r);
+    }
+    still_serves(addr).await;
+}
+
