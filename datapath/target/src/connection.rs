@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ferrite_block::IoBuf;
@@ -36,6 +36,9 @@ const WRITER_QUEUE: usize = 1024;
 const COPY_LIMIT: usize = 16 * 1024;
 /// The writer sends once its batch reaches this size.
 const BATCH_LIMIT: usize = 256 * 1024;
+/// Commands a host may have outstanding beyond its queue size before the connection is
+/// terminated (slack for hosts that count the queue size loosely).
+const INFLIGHT_SLACK: usize = 8;
 
 /// What command tasks hand to a connection's writer.
 pub(crate) enum Outgoing {
@@ -104,6 +107,8 @@ pub(crate) struct QueueCtx {
     pub sq_flow_disabled: bool,
     /// The local address the host reached (reported in the discovery log).
     pub local: SocketAddr,
+    /// Commands received and not yet answered (parked AERs excluded).
+    pub inflight: Arc<AtomicUsize>,
 }
 
 impl QueueCtx {
@@ -324,6 +329,24 @@ impl Queue {
         let _ = self.tx.send(Outgoing::Response(Cqe::new(cid, status))).await;
     }
 
+    /// Counts a command as outstanding; a host that exceeds its queue size is misbehaving
+    /// and its connection ends (memory per connection stays bounded).
+    fn admit(&self, ctx: &QueueCtx) -> Result<(), Stop> {
+        let limit = usize::from(self.sqsize) + INFLIGHT_SLACK;
+        if ctx.inflight.fetch_add(1, Ordering::AcqRel) >= limit {
+            ctx.inflight.fetch_sub(1, Ordering::AcqRel);
+            return Err(Stop::Fatal(PduError::Sequence("more commands outstanding than the queue size"), Vec::new()));
+        }
+        Ok(())
+    }
+
+    /// Undoes [`Queue::admit`] for a command answered without executing it.
+    fn release(&self) {
+        if let Some(ctx) = &self.ctx {
+            ctx.inflight.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
     fn advance_sqhd(&self) {
         if self.sqsize > 0 {
             let next = (self.sqhd.load(Ordering::Relaxed) + 1) % self.sqsize;
@@ -366,6 +389,7 @@ impl Queue {
                 }
                 sgl_type::TRANSPORT_DATA_BLOCK => {
                     if host_to_controller(&sqe) {
+                        self.admit(&ctx)?;
                         return self.request_data(sqe).await.map(|_| true);
                     }
                 }
@@ -375,6 +399,7 @@ impl Queue {
                 }
             }
         }
+        self.admit(&ctx)?;
         tokio::spawn(execute(ctx, sqe, data));
         Ok(true)
     }
@@ -382,12 +407,16 @@ impl Queue {
     /// Sends an R2T for a write whose data is not in the capsule.
     async fn request_data(&mut self, sqe: Sqe) -> Result<(), Stop> {
         let len = sqe.dptr.length;
-        if len > self.shared.options.max_data_transfer {
-            self.respond(sqe.cid, Status::DATA_SGL_LENGTH_INVALID).await;
-            return Ok(());
-        }
-        if self.pending.contains_key(&sqe.cid) {
-            self.respond(sqe.cid, Status::CID_CONFLICT).await;
+        let refuse = if len > self.shared.options.max_data_transfer {
+            Some(Status::DATA_SGL_LENGTH_INVALID)
+        } else if self.pending.contains_key(&sqe.cid) {
+            Some(Status::CID_CONFLICT)
+        } else {
+            None
+        };
+        if let Some(status) = refuse {
+            self.release();
+            self.respond(sqe.cid, status).await;
             return Ok(());
         }
         self.pending.insert(sqe.cid, PendingWrite { sqe, buf: IoBuf::zeroed(len as usize), received: 0, digest_error: false });
@@ -437,6 +466,7 @@ impl Queue {
         }
         let Some(p) = self.pending.remove(&dh.ttag) else { return Ok(()) };
         if p.digest_error {
+            self.release();
             warn!(peer = %self.peer, cid = p.sqe.cid, "data digest error on H2CData");
             self.respond(p.sqe.cid, Status::TRANSIENT_TRANSPORT_ERROR).await;
             return Ok(());
@@ -473,6 +503,7 @@ impl Queue {
                     qid: bound.qid,
                     sq_flow_disabled: bound.sq_flow_disabled,
                     local: self.local,
+                    inflight: Arc::new(AtomicUsize::new(0)),
                 }));
                 let _ = self.tx.send(Outgoing::Response(cqe)).await;
             }
@@ -519,6 +550,7 @@ async fn read_data_digest(rd: &mut BufReader<OwnedReadHalf>, lay: &PduLayout, da
 /// Executes a command and queues its reply.
 async fn execute(ctx: Arc<QueueCtx>, sqe: Sqe, data: Option<IoBuf>) {
     let outcome = if ctx.is_admin() { admin::execute(&ctx, &sqe, data).await } else { io::execute(&ctx, &sqe, data).await };
+    ctx.inflight.fetch_sub(1, Ordering::AcqRel);
     let Outcome::Reply(reply) = outcome else { return };
     let mut cqe = Cqe::new(sqe.cid, reply.status);
     cqe.result = reply.result as u32;
