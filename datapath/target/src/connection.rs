@@ -407,8 +407,9 @@ impl Queue {
     /// Sends an R2T for a write whose data is not in the capsule.
     async fn request_data(&mut self, sqe: Sqe) -> Result<(), Stop> {
         let len = sqe.dptr.length;
+        // Beyond MDTS: Invalid Field, as for reads.
         let refuse = if len > self.shared.options.max_data_transfer {
-            Some(Status::DATA_SGL_LENGTH_INVALID)
+            Some(Status::INVALID_FIELD)
         } else if self.pending.contains_key(&sqe.cid) {
             Some(Status::CID_CONFLICT)
         } else {
