@@ -551,8 +551,10 @@ async fn read_data_digest(rd: &mut BufReader<OwnedReadHalf>, lay: &PduLayout, da
 /// Executes a command and queues its reply.
 async fn execute(ctx: Arc<QueueCtx>, sqe: Sqe, data: Option<IoBuf>) {
     let outcome = if ctx.is_admin() { admin::execute(&ctx, &sqe, data).await } else { io::execute(&ctx, &sqe, data).await };
-    ctx.inflight.fetch_sub(1, Ordering::AcqRel);
-    let Outcome::Reply(reply) = outcome else { return };
+    let Outcome::Reply(reply) = outcome else {
+        ctx.inflight.fetch_sub(1, Ordering::AcqRel);
+        return;
+    };
     let mut cqe = Cqe::new(sqe.cid, reply.status);
     cqe.result = reply.result as u32;
     cqe.result_hi = (reply.result >> 32) as u32;
@@ -573,7 +575,10 @@ async fn execute(ctx: Arc<QueueCtx>, sqe: Sqe, data: Option<IoBuf>) {
         }
         _ => Outgoing::Response(cqe),
     };
+    // Counted until the reply is queued: a host that stops reading holds at most its queue
+    // size of commands (and their buffers) here.
     let _ = ctx.tx.send(msg).await;
+    ctx.inflight.fetch_sub(1, Ordering::AcqRel);
 }
 
 /// Sends everything queued for a connection, batching small PDUs into one write.

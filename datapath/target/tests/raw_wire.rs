@@ -1,13 +1,14 @@
-//! Bad input on the wire: the target answers malformed PDUs with a C2HTermReq carrying the
-//! right fatal error status, closes only that connection, and keeps serving everyone else.
-//! Also checks Connect refusals and command-level errors over raw PDUs.
+//! The target seen through hand-built PDUs on raw TCP connections. Bad input: malformed PDUs
+//! get a C2HTermReq with the right fatal error status, only that connection closes, and the
+//! target keeps serving everyone else; Connect refusals and command-level errors. Isolation: a
+//! host that stops reading stalls only its own connection.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ferrite_block::RamDevice;
-use ferrite_protocol::command::{SglDescriptor, Sqe, admin_opcode};
+use ferrite_protocol::command::{RwCommand, SglDescriptor, Sqe, admin_opcode, io_opcode};
 use ferrite_protocol::completion::Cqe;
 use ferrite_protocol::fabrics::{CNTLID_DYNAMIC, ConnectCommand, ConnectData, PropertyCommand, property};
 use ferrite_protocol::pdu::{
@@ -106,10 +107,20 @@ impl Raw {
     }
 
     async fn connect_admin(&mut self, subnqn: &str, hostnqn: &str) -> Cqe {
-        let mut sqe = ConnectCommand { recfmt: 0, qid: 0, sqsize: 31, cattr: 0, kato: 0 }.to_sqe(1);
-        let data = ConnectData { hostid: [1; 16], cntlid: CNTLID_DYNAMIC, subnqn: subnqn.into(), hostnqn: hostnqn.into() }.encode();
+        self.connect_queue(0, CNTLID_DYNAMIC, subnqn, hostnqn).await
+    }
+
+    async fn connect_queue(&mut self, qid: u16, cntlid: u16, subnqn: &str, hostnqn: &str) -> Cqe {
+        let sqsize = if qid == 0 { 31 } else { 127 };
+        let mut sqe = ConnectCommand { recfmt: 0, qid, sqsize, cattr: 0, kato: 0 }.to_sqe(1);
+        let data = ConnectData { hostid: [1; 16], cntlid, subnqn: subnqn.into(), hostnqn: hostnqn.into() }.encode();
         sqe.dptr = SglDescriptor::in_capsule(data.len() as u32);
         self.command(sqe, &data).await
+    }
+
+    async fn enable(&mut self) {
+        let en = PropertyCommand { size: 4, offset: property::CC, value: 0x0046_0001 }.to_sqe(2, true);
+        assert!(self.command(en, &[]).await.status.is_success());
     }
 
     /// Expects a C2HTermReq with `want_fes` and then the connection closing.
@@ -287,3 +298,49 @@ async fn random_garbage_never_kills_the_target() {
     still_serves(addr).await;
 }
 
+
+/// A host that floods read commands and never reads the replies stalls only its own
+/// connection: another connection to the same target keeps doing I/O.
+#[tokio::test]
+async fn a_host_that_stops_reading_stalls_only_itself() {
+    let (_t, addr) = target().await;
+    let mut admin = Raw::open(addr).await;
+    admin.initialize(Digests::NONE).await;
+    let c = admin.connect_admin(NQN, HOST).await;
+    assert!(c.status.is_success());
+    let cntlid = c.result as u16;
+    admin.enable().await;
+    let mut slow = Raw::open(addr).await;
+    slow.initialize(Digests::NONE).await;
+    assert!(slow.connect_queue(1, cntlid, NQN, HOST).await.status.is_success());
+    // 128 reads of 128 KiB each (16 MiB) without reading a byte of the answers.
+    for cid in 0..128u16 {
+        let mut sqe = Sqe { opcode: io_opcode::READ, cid: 100 + cid, nsid: 1, dptr: SglDescriptor::transport(128 << 10), ..Default::default() };
+        RwCommand { slba: u64::from(cid % 64) * 32, nlb: 32, fua: false }.apply(&mut sqe);
+        slow.send(PduHeader::CapsuleCmd(sqe), &[]).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Meanwhile a second I/O queue of the same controller is served promptly.
+    let mut fast = Raw::open(addr).await;
+    fast.initialize(Digests::NONE).await;
+    assert!(fast.connect_queue(2, cntlid, NQN, HOST).await.status.is_success());
+    for i in 0..20u16 {
+        let mut sqe = Sqe { opcode: io_opcode::WRITE, cid: i, nsid: 1, dptr: SglDescriptor::in_capsule(4096), ..Default::default() };
+        RwCommand { slba: u64::from(i), nlb: 1, fua: false }.apply(&mut sqe);
+        let c = tokio::time::timeout(Duration::from_secs(2), fast.command(sqe, &[i as u8; 4096])).await.expect("not stalled");
+        assert!(c.status.is_success());
+    }
+    // And the stalled connection still delivers everything once its host reads again.
+    let mut completed = 0;
+    while completed < 128 {
+        match slow.recv().await.expect("data") {
+            (PduHeader::CapsuleResp(c), _) => {
+                assert!(c.status.is_success());
+                completed += 1;
+            }
+            (PduHeader::C2HData(_), _) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
