@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use ferrite_block::{BlockDevice, BlockError, IoBuf};
 use ferrite_protocol::command::{DsmCommand, DsmRange, RwCommand, Sqe, WriteZeroesCommand, admin_opcode, io_opcode};
@@ -64,6 +65,8 @@ pub(crate) async fn execute(ctx: &Arc<QueueCtx>, sqe: &Sqe, data: Option<IoBuf>)
     let wce = c.state().features.volatile_write_cache;
     let k = &c.counters;
 
+    let started = Instant::now();
+    let st = &ns.stats;
     let reply = match sqe.opcode {
         io_opcode::READ | io_opcode::WRITE | io_opcode::COMPARE => {
             let rw = RwCommand::from_sqe(sqe);
@@ -82,6 +85,9 @@ pub(crate) async fn execute(ctx: &Arc<QueueCtx>, sqe: &Sqe, data: Option<IoBuf>)
                     Ok(buf) => {
                         k.read_cmds.fetch_add(1, Ordering::Relaxed);
                         k.read_bytes.fetch_add(bytes, Ordering::Relaxed);
+                        st.read_ops.fetch_add(1, Ordering::Relaxed);
+                        st.read_bytes.fetch_add(bytes, Ordering::Relaxed);
+                        st.read_latency.observe(started.elapsed());
                         Reply::data(buf)
                     }
                     Err(e) => io_failed(&e, "read", false),
@@ -95,6 +101,9 @@ pub(crate) async fn execute(ctx: &Arc<QueueCtx>, sqe: &Sqe, data: Option<IoBuf>)
                         Ok(()) => {
                             k.write_cmds.fetch_add(1, Ordering::Relaxed);
                             k.write_bytes.fetch_add(bytes, Ordering::Relaxed);
+                            st.write_ops.fetch_add(1, Ordering::Relaxed);
+                            st.write_bytes.fetch_add(bytes, Ordering::Relaxed);
+                            st.write_latency.observe(started.elapsed());
                             Reply::ok()
                         }
                         Err(e) => io_failed(&e, "write", true),
@@ -113,7 +122,10 @@ pub(crate) async fn execute(ctx: &Arc<QueueCtx>, sqe: &Sqe, data: Option<IoBuf>)
             }
         }
         io_opcode::FLUSH => match dev.flush().await {
-            Ok(()) => Reply::ok(),
+            Ok(()) => {
+                st.flush_ops.fetch_add(1, Ordering::Relaxed);
+                Reply::ok()
+            }
             Err(e) => io_failed(&e, "flush", true),
         },
         io_opcode::WRITE_ZEROES => {
@@ -153,6 +165,9 @@ pub(crate) async fn execute(ctx: &Arc<QueueCtx>, sqe: &Sqe, data: Option<IoBuf>)
         }
         _ => Reply::status(Status::INVALID_OPCODE),
     };
+    if !reply.status.is_success() {
+        st.errors.fetch_add(1, Ordering::Relaxed);
+    }
     reply.into()
 }
 

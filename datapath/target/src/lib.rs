@@ -17,6 +17,7 @@ mod identity;
 mod io;
 mod options;
 mod registry;
+pub mod stats;
 mod subsystem;
 
 pub use error::TargetError;

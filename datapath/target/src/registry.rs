@@ -184,6 +184,17 @@ impl Target {
         self.shared.subsystems().iter().map(|s| s.nqn.clone()).collect()
     }
 
+    /// I/O statistics of every namespace served.
+    pub fn namespace_stats(&self) -> Vec<crate::stats::NamespaceStatsSnapshot> {
+        let mut out = Vec::new();
+        for s in self.shared.subsystems() {
+            for ns in s.namespaces() {
+                out.push(ns.stats.snapshot(&s.nqn, ns.nsid));
+            }
+        }
+        out
+    }
+
     /// Number of live controllers of a subsystem.
     pub fn controller_count(&self, nqn: &str) -> usize {
         self.shared.subsystem(nqn).map(|s| s.controllers().len()).unwrap_or(0)

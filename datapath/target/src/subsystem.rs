@@ -8,6 +8,7 @@ use ferrite_block::BlockDevice;
 
 use crate::controller::Controller;
 use crate::identity;
+use crate::stats::NamespaceStats;
 
 /// Which hosts may connect to a subsystem.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,6 +55,7 @@ pub struct Namespace {
     pub device: Arc<dyn BlockDevice>,
     pub nguid: [u8; 16],
     pub uuid: [u8; 16],
+    pub stats: NamespaceStats,
 }
 
 /// Highest namespace ID a subsystem accepts (reported as NN).
@@ -103,6 +105,7 @@ impl Subsystem {
             device: ns.device.clone(),
             nguid: identity::nguid(nqn, ns.nsid),
             uuid: identity::uuid(nqn, ns.nsid),
+            stats: NamespaceStats::default(),
         }
     }
 
