@@ -44,6 +44,10 @@ pub struct Args {
     #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "")]
     pub demo: Option<String>,
 
+    /// Serve /metrics (Prometheus) and /v1/status (JSON) over HTTP on this address.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub http: Option<SocketAddr>,
+
     /// Log filter (overridden by RUST_LOG).
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -63,6 +67,9 @@ impl Args {
             Config::default()
         };
         config.listen.extend(self.listen.iter().copied());
+        if self.http.is_some() {
+            config.http = self.http;
+        }
         for e in &self.export {
             let (nqn, spec) = e
                 .split_once('=')

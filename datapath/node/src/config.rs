@@ -19,6 +19,9 @@ pub struct Config {
     /// Subsystems to export.
     #[serde(default)]
     pub subsystems: Vec<SubsystemSpec>,
+    /// Address of the HTTP endpoint serving /metrics and /v1/status (none: not served).
+    #[serde(default)]
+    pub http: Option<SocketAddr>,
 }
 
 /// One exported subsystem.

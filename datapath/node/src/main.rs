@@ -4,7 +4,10 @@
 mod cli;
 mod config;
 mod demo;
+mod http;
+mod metrics;
 mod serve;
+mod status;
 
 use anyhow::Result;
 use clap::Parser;

@@ -11,6 +11,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
 use crate::config::{Config, DEFAULT_BLOCK_SIZE};
+use crate::status::NodeStatus;
 
 /// Serves `config` until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> Result<()> {
@@ -38,6 +39,10 @@ pub async fn run(config: Config) -> Result<()> {
     let mut bound = Vec::new();
     for addr in &config.listen {
         bound.push(target.listen(*addr).await?);
+    }
+    if let Some(addr) = config.http {
+        let source = Arc::new(NodeStatus { target: target.clone() });
+        crate::http::serve(addr, source).await?;
     }
     print_connect_help(&config, &bound);
 

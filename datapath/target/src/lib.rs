@@ -22,5 +22,5 @@ mod subsystem;
 
 pub use error::TargetError;
 pub use options::TargetOptions;
-pub use registry::Target;
+pub use registry::{NamespaceInfo, SubsystemInfo, Target};
 pub use subsystem::{HostAccess, NamespaceConfig, SubsystemConfig};

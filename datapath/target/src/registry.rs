@@ -80,6 +80,24 @@ impl Shared {
     }
 }
 
+/// A served subsystem, as reported by [`Target::subsystem_info`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubsystemInfo {
+    pub nqn: String,
+    pub hosts: HostAccess,
+    pub controllers: usize,
+    pub namespaces: Vec<NamespaceInfo>,
+}
+
+/// A served namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamespaceInfo {
+    pub nsid: u32,
+    pub size_bytes: u64,
+    pub block_size: u32,
+    pub device: String,
+}
+
 /// An NVMe/TCP target: subsystems served on TCP listeners.
 pub struct Target {
     shared: Arc<Shared>,
@@ -182,6 +200,29 @@ impl Target {
     /// NQNs of the subsystems served.
     pub fn subsystem_nqns(&self) -> Vec<String> {
         self.shared.subsystems().iter().map(|s| s.nqn.clone()).collect()
+    }
+
+    /// What the target serves, for status reports.
+    pub fn subsystem_info(&self) -> Vec<SubsystemInfo> {
+        self.shared
+            .subsystems()
+            .iter()
+            .map(|s| SubsystemInfo {
+                nqn: s.nqn.clone(),
+                hosts: s.hosts(),
+                controllers: s.controllers().len(),
+                namespaces: s
+                    .namespaces()
+                    .iter()
+                    .map(|n| NamespaceInfo {
+                        nsid: n.nsid,
+                        size_bytes: n.device.size_bytes(),
+                        block_size: n.device.block_size(),
+                        device: n.device.describe(),
+                    })
+                    .collect(),
+            })
+            .collect()
     }
 
     /// I/O statistics of every namespace served.

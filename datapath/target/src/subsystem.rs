@@ -113,6 +113,10 @@ impl Subsystem {
         self.hosts.read().map(|h| h.allows(hostnqn)).unwrap_or(false)
     }
 
+    pub fn hosts(&self) -> HostAccess {
+        self.hosts.read().map(|h| h.clone()).unwrap_or(HostAccess::Only(Vec::new()))
+    }
+
     pub fn set_hosts(&self, hosts: HostAccess) {
         if let Ok(mut h) = self.hosts.write() {
             *h = hosts;
