@@ -213,7 +213,8 @@ pub fn decode_discovery_log(b: &[u8]) -> Option<(u64, Vec<DiscoveryEntry>)> {
 
 /// Returns the slice of `page` a Get Log Page with this offset and length asks for, zero
 /// padded past the end of the page (as the spec requires for reads beyond the log).
-/// `None` if the offset lies beyond the page or is not dword-aligned.
+/// `None` if the offset lies beyond the page or is not dword-aligned. Allocates `len` bytes:
+/// callers bound `len` (the target caps it at MDTS) before calling.
 pub fn window(page: &[u8], offset: u64, len: u64) -> Option<Vec<u8>> {
     if offset % 4 != 0 || offset > page.len() as u64 {
         return None;

@@ -248,7 +248,8 @@ pub fn layout(ch: &CommonHeader, digests: Option<Digests>, max_data: usize) -> R
     }
     let plen = ch.plen as usize;
     let negotiated = match (pdu_type, digests) {
-        (PduType::ICReq | PduType::ICResp, None) => Digests::NONE,
+        // A TermReq may end a connection whose initialization failed.
+        (PduType::ICReq | PduType::ICResp | PduType::H2CTermReq | PduType::C2HTermReq, None) => Digests::NONE,
         (PduType::ICReq | PduType::ICResp, Some(_)) => {
             return Err(PduError::Sequence("initialize connection PDU after initialization"));
         }
@@ -707,6 +708,10 @@ mod tests {
         let mut cmd = Vec::new();
         encode_pdu(&PduHeader::CapsuleCmd(Sqe::default()), &[], Digests::NONE, &mut cmd);
         assert!(matches!(decode_pdu(&cmd, None, 0), Err(PduError::Sequence(_))));
+        // A C2HTermReq answering a bad ICReq decodes before initialization.
+        let mut term = Vec::new();
+        encode_pdu(&PduHeader::C2HTermReq(TermReq { fes: fes::UNSUPPORTED_PARAMETER, fei: 8 }), &out[..8], Digests::NONE, &mut term);
+        assert!(matches!(decode_pdu(&term, None, 0), Ok(Some((Pdu { header: PduHeader::C2HTermReq(_), .. }, _)))));
         let mut pfv = out.clone();
         pfv[8] = 1;
         assert!(matches!(decode_pdu(&pfv, None, 0), Err(PduError::Unsupported { offset: 8, .. })));
