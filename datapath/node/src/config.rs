@@ -22,6 +22,124 @@ pub struct Config {
     /// Address of the HTTP endpoint serving /metrics and /v1/status (none: not served).
     #[serde(default)]
     pub http: Option<SocketAddr>,
+    /// This node's identity.
+    #[serde(default)]
+    pub node: NodeSpec,
+    /// Storage pools: RAID0 stripes over local disks, holding thin volumes.
+    #[serde(default)]
+    pub pools: Vec<PoolSpec>,
+    /// Replicas: volumes in local pools, exported over NVMe/TCP to the nodes that mirror them.
+    #[serde(default)]
+    pub replicas: Vec<ReplicaSpec>,
+    /// Volumes served to hosts: mirrors over local and remote replicas.
+    #[serde(default)]
+    pub volumes: Vec<VolumeSpec>,
+}
+
+/// This node's identity.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    /// Node name (default: the host name).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Host NQN this node uses to reach remote replicas (default derived from the name).
+    #[serde(default)]
+    pub hostnqn: Option<String>,
+}
+
+/// A storage pool.
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSpec {
+    /// Pool name: lowercase letters, digits and '-'.
+    pub name: String,
+    /// Member disks as backend specs (`file:/dev/sdb`, `file:/var/lib/ferrite/d0.img:10GiB`).
+    pub disks: Vec<String>,
+    /// RAID0 stripe size (default 64KiB).
+    #[serde(default)]
+    pub stripe_size: Option<String>,
+    /// Logical block size of the disks (default 4096).
+    #[serde(default)]
+    pub block_size: Option<u32>,
+}
+
+/// A replica: a volume in a local pool.
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaSpec {
+    pub uuid: String,
+    pub pool: String,
+    /// Size including the mirror's 1 MiB label reserve.
+    pub size: String,
+    #[serde(default = "yes")]
+    pub thin: bool,
+    /// Export over NVMe/TCP (as `nqn.2024-01.dev.ferrite:replica-<uuid>` unless `nqn` is set).
+    #[serde(default)]
+    pub export: Option<ExportSpec>,
+}
+
+/// How a replica is exported.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExportSpec {
+    #[serde(default)]
+    pub nqn: Option<String>,
+    /// Host NQNs (the mirroring nodes) allowed to connect.
+    #[serde(default)]
+    pub allow_hosts: Vec<String>,
+}
+
+/// A volume served to hosts: a mirror over replicas.
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeSpec {
+    pub uuid: String,
+    /// Subsystem NQN (default `nqn.2024-01.dev.ferrite:volume-<uuid>`).
+    #[serde(default)]
+    pub nqn: Option<String>,
+    /// Hosts allowed to connect; empty means any host.
+    #[serde(default)]
+    pub allow_hosts: Vec<String>,
+    pub replicas: Vec<VolumeReplicaSpec>,
+}
+
+/// One replica of a volume: local (in this node's `replicas`) or remote (another node's
+/// export at `address`).
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeReplicaSpec {
+    pub uuid: String,
+    /// NVMe/TCP address of the node exporting it; absent for a local replica.
+    #[serde(default)]
+    pub address: Option<SocketAddr>,
+    /// Its subsystem NQN there (default `nqn.2024-01.dev.ferrite:replica-<uuid>`).
+    #[serde(default)]
+    pub nqn: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The NQN a replica is exported as unless configured otherwise.
+pub fn replica_nqn(uuid: &uuid::Uuid) -> String {
+    format!("nqn.2024-01.dev.ferrite:replica-{uuid}")
+}
+
+/// The NQN a volume is served as unless configured otherwise.
+pub fn volume_nqn(uuid: &uuid::Uuid) -> String {
+    format!("nqn.2024-01.dev.ferrite:volume-{uuid}")
+}
+
+/// The host NQN of node `name` unless configured otherwise.
+pub fn node_hostnqn(name: &str) -> String {
+    format!("nqn.2024-01.dev.ferrite:node-{name}")
+}
+
+/// Parses a UUID in its usual text form.
+pub fn parse_uuid(what: &str, s: &str) -> Result<uuid::Uuid> {
+    uuid::Uuid::parse_str(s).with_context(|| format!("{what}: {s:?} is not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)"))
 }
 
 /// One exported subsystem.
@@ -69,6 +187,7 @@ impl Config {
 
     /// Checks everything that can be checked before opening devices.
     pub fn validate(&self) -> Result<()> {
+        self.validate_storage()?;
         let mut seen = HashSet::new();
         for s in &self.subsystems {
             nqn::validate(&s.nqn).with_context(|| format!("subsystem {:?}", s.nqn))?;
@@ -97,6 +216,78 @@ impl Config {
     }
 }
 
+impl Config {
+    fn validate_storage(&self) -> Result<()> {
+        if let Some(h) = &self.node.hostnqn {
+            nqn::validate(h).with_context(|| format!("node.hostnqn {h:?}"))?;
+        }
+        let mut pools = HashSet::new();
+        for p in &self.pools {
+            if !pools.insert(p.name.as_str()) {
+                bail!("pool {:?} is given twice", p.name);
+            }
+            if p.disks.is_empty() {
+                bail!("pool {:?} has no disks", p.name);
+            }
+            for d in &p.disks {
+                BackendSpec::parse(d).with_context(|| format!("pool {:?}: disk {d:?}", p.name))?;
+            }
+            if let Some(s) = &p.stripe_size {
+                ferrite_block::parse_size(s).with_context(|| format!("pool {:?}: stripe_size {s:?}", p.name))?;
+            }
+        }
+        let mut replicas = HashSet::new();
+        for r in &self.replicas {
+            let id = parse_uuid("replica uuid", &r.uuid)?;
+            if !replicas.insert(id) {
+                bail!("replica {id} is given twice");
+            }
+            if !pools.contains(r.pool.as_str()) {
+                bail!("replica {id}: pool {:?} is not configured on this node", r.pool);
+            }
+            let size = ferrite_block::parse_size(&r.size).with_context(|| format!("replica {id}: size {:?}", r.size))?;
+            if size == 0 {
+                bail!("replica {id}: size must be greater than zero");
+            }
+            if let Some(e) = &r.export {
+                if let Some(n) = &e.nqn {
+                    nqn::validate(n).with_context(|| format!("replica {id}: export nqn"))?;
+                }
+                for h in &e.allow_hosts {
+                    nqn::validate(h).with_context(|| format!("replica {id}: allowed host {h:?}"))?;
+                }
+            }
+        }
+        let mut volumes = HashSet::new();
+        for v in &self.volumes {
+            let id = parse_uuid("volume uuid", &v.uuid)?;
+            if !volumes.insert(id) {
+                bail!("volume {id} is given twice");
+            }
+            if v.replicas.is_empty() {
+                bail!("volume {id} has no replicas");
+            }
+            let mut seen = HashSet::new();
+            for r in &v.replicas {
+                let rid = parse_uuid("volume replica uuid", &r.uuid)?;
+                if !seen.insert(rid) {
+                    bail!("volume {id}: replica {rid} is listed twice");
+                }
+                if r.address.is_none() && !replicas.contains(&rid) {
+                    bail!("volume {id}: replica {rid} has no address and is not a replica of this node");
+                }
+            }
+            if let Some(n) = &v.nqn {
+                nqn::validate(n).with_context(|| format!("volume {id}: nqn"))?;
+            }
+            for h in &v.allow_hosts {
+                nqn::validate(h).with_context(|| format!("volume {id}: allowed host {h:?}"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,6 +308,39 @@ mod tests {
         assert_eq!(c.listen.len(), 2);
         assert_eq!(c.subsystems[0].namespaces[0].nsid, 1);
         assert_eq!(c.subsystems[0].namespaces[0].block_size, Some(512));
+    }
+
+    #[test]
+    fn parses_storage() {
+        let c = Config::parse(
+            "node: {name: a}\n\
+             pools:\n  - name: p\n    disks: [\"file:/tmp/d0.img:1GiB\", \"file:/tmp/d1.img:1GiB\"]\n    stripe_size: 128KiB\n\
+             replicas:\n  - uuid: 3f2a0d2e-6a8e-4c65-9d3b-0c2f6f7e5a11\n    pool: p\n    size: 64MiB\n    export: {allow_hosts: [nqn.2024-01.dev.ferrite:node-b]}\n\
+             volumes:\n  - uuid: 9b1c4f0e-2f4d-4d8a-8c3e-6a5b4c3d2e1f\n    replicas:\n      - uuid: 3f2a0d2e-6a8e-4c65-9d3b-0c2f6f7e5a11\n      - uuid: 0d3c2b1a-5e4f-4a6b-9c8d-7e6f5a4b3c2d\n        address: 127.0.0.2:4420\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.pools[0].disks.len(), 2);
+        assert!(c.replicas[0].thin);
+        assert_eq!(c.volumes[0].replicas[1].address, Some("127.0.0.2:4420".parse().unwrap()));
+    }
+
+    #[test]
+    fn rejects_bad_storage() {
+        let bad = [
+            ("pools:\n  - name: p\n    disks: []\n", "no disks"),
+            ("replicas:\n  - uuid: nope\n    pool: p\n    size: 1M\n", "not a UUID"),
+            ("replicas:\n  - uuid: 3f2a0d2e-6a8e-4c65-9d3b-0c2f6f7e5a11\n    pool: p\n    size: 1M\n", "not configured"),
+            (
+                "volumes:\n  - uuid: 9b1c4f0e-2f4d-4d8a-8c3e-6a5b4c3d2e1f\n    replicas:\n      - uuid: 3f2a0d2e-6a8e-4c65-9d3b-0c2f6f7e5a11\n",
+                "no address",
+            ),
+            ("volumes:\n  - uuid: 9b1c4f0e-2f4d-4d8a-8c3e-6a5b4c3d2e1f\n    replicas: []\n", "no replicas"),
+        ];
+        for (text, want) in bad {
+            let e = Config::parse(text).unwrap().validate().unwrap_err();
+            assert!(format!("{e:#}").contains(want), "{text}: {e:#}");
+        }
     }
 
     #[test]

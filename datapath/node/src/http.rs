@@ -11,9 +11,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info};
 
 /// What the endpoint serves.
+#[async_trait::async_trait]
 pub trait StatusSource: Send + Sync + 'static {
     fn metrics(&self) -> String;
     fn status_json(&self) -> String;
+    /// Compares the replicas of a volume; Err is a message for a 404/500 answer.
+    async fn compare(&self, volume: &str) -> Result<String, (u16, String)>;
 }
 
 /// Starts serving on `addr`; returns the bound address.
@@ -61,7 +64,14 @@ async fn handle(mut s: TcpStream, source: Arc<dyn StatusSource>) -> Result<()> {
     match (method, path) {
         ("GET", "/metrics") => respond(&mut s, 200, "text/plain; version=0.0.4", &source.metrics()).await,
         ("GET", "/v1/status") => respond(&mut s, 200, "application/json", &source.status_json()).await,
-        ("GET", _) => respond(&mut s, 404, "text/plain", "not found: try /metrics or /v1/status\n").await,
+        ("GET", p) if p.starts_with("/v1/volumes/") && p.ends_with("/compare") => {
+            let uuid = &p["/v1/volumes/".len()..p.len() - "/compare".len()];
+            match source.compare(uuid).await {
+                Ok(body) => respond(&mut s, 200, "application/json", &body).await,
+                Err((code, msg)) => respond(&mut s, code, "text/plain", &format!("{msg}\n")).await,
+            }
+        }
+        ("GET", _) => respond(&mut s, 404, "text/plain", "not found: try /metrics, /v1/status or /v1/volumes/UUID/compare\n").await,
         _ => respond(&mut s, 405, "text/plain", "only GET is served\n").await,
     }
 }
@@ -70,6 +80,7 @@ async fn respond(s: &mut TcpStream, code: u16, kind: &str, body: &str) -> Result
     let reason = match code {
         200 => "OK",
         404 => "Not Found",
+        500 => "Internal Server Error",
         405 => "Method Not Allowed",
         _ => "Request Header Fields Too Large",
     };

@@ -6,8 +6,10 @@ mod config;
 mod demo;
 mod http;
 mod metrics;
+mod remote;
 mod serve;
 mod status;
+mod storage;
 
 use anyhow::Result;
 use clap::Parser;
@@ -23,5 +25,5 @@ fn main() -> Result<()> {
         .init();
     let config = args.to_config()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(serve::run(config))
+    runtime.block_on(serve::run(config, args.config.clone()))
 }

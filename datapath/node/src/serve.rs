@@ -1,6 +1,7 @@
 //! Running the datapath: open the backends, build the target, listen, print how to connect,
 //! and shut down cleanly (flushing every device) on SIGTERM or Ctrl-C.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -12,11 +13,14 @@ use tracing::{info, warn};
 
 use crate::config::{Config, DEFAULT_BLOCK_SIZE};
 use crate::status::NodeStatus;
+use crate::storage::{Storage, node_name};
 
-/// Serves `config` until SIGTERM or SIGINT.
-pub async fn run(config: Config) -> Result<()> {
+/// Serves `config` until SIGTERM or SIGINT. On SIGHUP, `reload` (the config file) is read
+/// again and volume changes are applied.
+pub async fn run(config: Config, reload: Option<PathBuf>) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
 
     let target = Target::new(TargetOptions::default());
     let mut devices: Vec<Arc<dyn BlockDevice>> = Vec::new();
@@ -40,17 +44,37 @@ pub async fn run(config: Config) -> Result<()> {
     for addr in &config.listen {
         bound.push(target.listen(*addr).await?);
     }
+    // Listeners first: replicas are exported as soon as their pool is open, and a volume may
+    // mirror onto a replica of this very node through NVMe/TCP.
+    let storage = Storage::open(&config, &target).await?;
     if let Some(addr) = config.http {
-        let source = Arc::new(NodeStatus { target: target.clone() });
+        let source = Arc::new(NodeStatus { target: target.clone(), storage: storage.clone(), node: node_name(&config) });
         crate::http::serve(addr, source).await?;
     }
     print_connect_help(&config, &bound);
 
-    tokio::select! {
-        _ = sigterm.recv() => info!("SIGTERM: shutting down"),
-        _ = sigint.recv() => info!("SIGINT: shutting down"),
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => { info!("SIGTERM: shutting down"); break; }
+            _ = sigint.recv() => { info!("SIGINT: shutting down"); break; }
+            _ = sighup.recv() => {
+                let Some(path) = &reload else {
+                    warn!("SIGHUP: no --config file to reload");
+                    continue;
+                };
+                info!(config = %path.display(), "SIGHUP: reloading the configuration");
+                let applied = match Config::load(path).and_then(|c| c.validate().map(|_| c)) {
+                    Ok(new) => storage.reconfigure(&new, &target).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = applied {
+                    warn!(error = %format!("{e:#}"), "reload failed; keeping the running configuration");
+                }
+            }
+        }
     }
     target.shutdown().await;
+    storage.close().await;
     for d in &devices {
         if let Err(e) = d.flush().await {
             warn!(device = %d.describe(), error = %e, "final flush failed");
@@ -68,6 +92,14 @@ fn print_connect_help(config: &Config, bound: &[std::net::SocketAddr]) {
     for s in &config.subsystems {
         let host = s.allow_hosts.first().map(|h| format!(" --hostnqn {h}")).unwrap_or_default();
         println!("  connect:    nvme connect -t tcp -a {a} -s {p} -n {}{host}", s.nqn);
+    }
+    for v in &config.volumes {
+        let nqn = v.nqn.clone().unwrap_or_else(|| match uuid::Uuid::parse_str(&v.uuid) {
+            Ok(u) => crate::config::volume_nqn(&u),
+            Err(_) => v.uuid.clone(),
+        });
+        let host = v.allow_hosts.first().map(|h| format!(" --hostnqn {h}")).unwrap_or_default();
+        println!("  connect:    nvme connect -t tcp -a {a} -s {p} -n {nqn}{host}   (mirrored volume)");
     }
     println!("  disconnect: nvme disconnect -n <NQN>        (stop with Ctrl-C or SIGTERM)");
 }

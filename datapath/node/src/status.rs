@@ -7,13 +7,22 @@ use ferrite_target::{HostAccess, Target};
 use serde_json::{Value, json};
 
 use crate::http::StatusSource;
+use crate::storage::Storage;
 
 /// Everything the status endpoint reports on.
 pub struct NodeStatus {
     pub target: Arc<Target>,
+    pub storage: Arc<Storage>,
+    pub node: String,
 }
 
+#[async_trait::async_trait]
 impl StatusSource for NodeStatus {
+    async fn compare(&self, volume: &str) -> Result<String, (u16, String)> {
+        let uuid = uuid::Uuid::parse_str(volume).map_err(|_| (404, format!("{volume:?} is not a volume UUID")))?;
+        self.storage.compare(uuid).await.map(|v| v.to_string()).map_err(|e| (500, format!("{e:#}")))
+    }
+
     fn metrics(&self) -> String {
         crate::metrics::render(&self.target)
     }
@@ -51,6 +60,106 @@ impl StatusSource for NodeStatus {
             })
             .collect();
         let listen: Vec<String> = self.target.listen_addrs().iter().map(|a| a.to_string()).collect();
-        json!({ "version": env!("CARGO_PKG_VERSION"), "listen": listen, "subsystems": subsystems }).to_string()
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "node": self.node,
+            "listen": listen,
+            "subsystems": subsystems,
+            "pools": self.pools(),
+            "replicas": self.replicas(),
+            "volumes": self.volumes(),
+        })
+        .to_string()
+    }
+}
+
+impl NodeStatus {
+    fn pools(&self) -> Vec<Value> {
+        self.storage
+            .pools
+            .iter()
+            .map(|p| {
+                json!({
+                    "name": p.name,
+                    "uuid": uuid::Uuid::from_bytes(p.raid.uuid()).to_string(),
+                    "disks": p.disks,
+                    "stripe_size": p.raid.stripe_size(),
+                    "capacity_bytes": p.store.capacity_bytes(),
+                    "used_bytes": p.store.used_bytes(),
+                    "free_bytes": p.store.free_bytes(),
+                })
+            })
+            .collect()
+    }
+
+    fn replicas(&self) -> Vec<Value> {
+        self.storage
+            .replicas
+            .iter()
+            .map(|r| {
+                let info = r.volume.info();
+                json!({
+                    "uuid": r.uuid.to_string(),
+                    "pool": r.pool,
+                    "size_bytes": info.size,
+                    "thin": info.thin,
+                    "allocated_bytes": info.allocated_bytes,
+                    "nqn": r.nqn,
+                })
+            })
+            .collect()
+    }
+
+    fn volumes(&self) -> Vec<Value> {
+        let mut out: Vec<Value> = self
+            .storage
+            .volume_status()
+            .into_iter()
+            .map(|(uuid, nqn, st)| {
+                let replicas: Vec<Value> = st
+                    .replicas
+                    .iter()
+                    .map(|r| {
+                        json!({
+                            "uuid": uuid::Uuid::from_bytes(r.id).to_string(),
+                            "description": r.description,
+                            "state": format!("{:?}", r.state),
+                            "in_sync": r.in_sync,
+                            "rebuild": r.rebuild.as_ref().map(|p| json!({
+                                "kind": format!("{:?}", p.kind),
+                                "bytes_done": p.bytes_done,
+                                "bytes_total": p.bytes_total,
+                                "bytes_copied": p.bytes_copied,
+                                "bytes_per_sec": p.bytes_per_sec,
+                            })),
+                            "last_rebuild": r.last_rebuild.as_ref().map(|p| json!({
+                                "kind": format!("{:?}", p.kind),
+                                "bytes_done": p.bytes_done,
+                                "bytes_total": p.bytes_total,
+                                "bytes_copied": p.bytes_copied,
+                            })),
+                            "last_error": r.last_error,
+                        })
+                    })
+                    .collect();
+                json!({
+                    "uuid": uuid.to_string(),
+                    "nqn": nqn,
+                    "state": if st.healthy() == st.replicas.len() { "Online" } else if st.healthy() == 0 { "Faulted" } else { "Degraded" },
+                    "generation": st.generation,
+                    "size_bytes": st.size,
+                    "dirty_regions": st.dirty_regions,
+                    "rebuilt_bytes_total": st.rebuilt_bytes_total,
+                    "rebuilds_completed": st.rebuilds_completed,
+                    "replicas": replicas,
+                })
+            })
+            .collect();
+        if let Ok(p) = self.storage.pending.lock() {
+            for (uuid, reason) in p.iter() {
+                out.push(json!({ "uuid": uuid.to_string(), "state": "Pending", "reason": reason }));
+            }
+        }
+        out
     }
 }
