@@ -81,6 +81,7 @@ async fn mirror_reassembly_after_a_crash_keeps_the_dirty_bitmap() {
                 .await
                 .unwrap();
         }
+        m.flush().await.unwrap();
         fb.set(Mode::Disconnected);
         m.write(5 * PER_REGION + 3, pattern(4096, 200), false)
             .await

@@ -34,12 +34,13 @@ async fn two_way(id: u8) -> (Mirror, Arc<Faulty>, Arc<Faulty>) {
 async fn mirror_returning_replica_gets_a_partial_rebuild_of_exactly_the_dirty_regions() {
     bounded(30, "test", async {
         let (m, a, b) = two_way(0x21).await;
-        // Data everywhere first, while in sync (not dirty).
+        // Data everywhere first, while in sync, and flushed (so not dirty when B faults).
         for r in 0..63u64 {
             m.write(r * PER_REGION, pattern(8192, r), false)
                 .await
                 .unwrap();
         }
+        m.flush().await.unwrap();
         b.set(Mode::Disconnected);
         // The first write fails on B (region 2): B is dropped and region 2 is dirty.
         m.write(2 * PER_REGION + 5, pattern(4096, 100), false)
@@ -289,6 +290,38 @@ async fn mirror_a_rebuild_source_failure_switches_to_another_source() {
             .unwrap();
         assert!(r.identical(), "{r:?}");
         assert_eq!(m.read(30 * PER_REGION, 1).await.unwrap(), pattern(4096, 7));
+    })
+    .await;
+}
+
+/// A replica that crashes loses the writes it acknowledged since its last flush (its cache,
+/// or a thin volume's unflushed metadata). The regions written since the last completed
+/// flush therefore become dirty when it faults, and its partial rebuild restores them.
+#[tokio::test]
+async fn mirror_unflushed_writes_of_a_faulted_replica_are_rebuilt() {
+    bounded(30, "test", async {
+        let (m, a, b) = two_way(0x26).await;
+        m.write(3 * PER_REGION, pattern(4096, 1), false).await.unwrap();
+        m.write(4 * PER_REGION, pattern(4096, 2), false).await.unwrap();
+        m.flush().await.unwrap();
+        // Acknowledged by both replicas, but not flushed.
+        m.write(7 * PER_REGION, pattern(4096, 3), false).await.unwrap();
+        m.write(8 * PER_REGION, pattern(4096, 4), false).await.unwrap();
+        b.set(Mode::Disconnected);
+        m.write(20 * PER_REGION, pattern(4096, 5), false).await.unwrap();
+        let l = inspect(a.inner().as_ref()).await.unwrap().unwrap();
+        assert_eq!(l.dirty_regions, vec![7, 8, 20], "unflushed regions are dirty; flushed ones are not");
+        // B "crashed": its unflushed writes are gone.
+        for r in [7u64, 8] {
+            b.inner().write_zeroes((1 << 20) / 4096 + r * PER_REGION, PER_REGION, false).await.unwrap();
+        }
+        b.set(Mode::Ok);
+        let s = wait_for(&m, 10, "rebuild", all_healthy).await;
+        let p = s.replica(&[2; 16]).unwrap().last_rebuild.clone().expect("rebuild");
+        assert_eq!(p.kind, RebuildKind::Partial);
+        assert_eq!(p.bytes_copied, 3 * MIB);
+        let r = compare_replicas(a.inner().as_ref(), b.inner().as_ref(), MIB).await.unwrap();
+        assert!(r.identical(), "{r:?}");
     })
     .await;
 }

@@ -211,6 +211,7 @@ impl Inner {
                 if st.tracking.is_some() {
                     st.mark_dirty(first, end);
                 }
+                st.mark_unflushed(first, end);
                 let targets: Vec<Target> = st
                     .members
                     .iter()
@@ -251,6 +252,8 @@ impl Inner {
                 .await
             }
         };
+        // Completed after a flush may have started: not covered by that flush.
+        self.lock().mark_unflushed(first, end);
         self.settle(&targets, results, Some((first, end))).await
     }
 
@@ -361,8 +364,14 @@ impl Inner {
             return Err(self.no_healthy());
         }
         let timeout = self.opts.io_timeout;
+        let flush_id = self.lock().begin_flush();
         let results = join_all(targets.iter().map(|t| replica::flush(&*t.dev, timeout))).await;
-        self.settle(&targets, results, None).await
+        let all_ok = results.iter().all(Result::is_ok);
+        // On failure the snapshot stays in `flushing` until the faults are recorded, so the
+        // faulted replicas' unflushed regions become dirty.
+        let outcome = self.settle(&targets, results, None).await;
+        self.lock().end_flush(flush_id, all_ok);
+        outcome
     }
 
     /// Checks that a replica device can hold this mirror.

@@ -95,6 +95,13 @@ pub(crate) struct State {
     pub dirty: Bitmap,
     /// The dirty bitmap as last persisted.
     pub persisted_dirty: Bitmap,
+    /// Regions written since the last flush that completed on every write target. A replica
+    /// may lose such writes if it crashes (its own cache, or a thin volume's unflushed
+    /// metadata), so when one faults they become dirty too.
+    pub unflushed: Bitmap,
+    /// Snapshots of `unflushed` taken by flushes still in progress.
+    pub flushing: Vec<(u64, Bitmap)>,
+    pub next_flush: u64,
     pub clean: bool,
     pub closed: bool,
     pub version: u64,
@@ -142,6 +149,31 @@ impl State {
             self.tracking = None;
             self.dirty.clear();
             self.changed();
+        }
+    }
+
+    /// Records that regions `[first, end)` were written and are not yet covered by a flush.
+    pub(crate) fn mark_unflushed(&mut self, first: u64, end: u64) {
+        self.unflushed.set_range(first, end);
+    }
+
+    /// A flush starts: what it will cover moves to a snapshot. Returns the snapshot's id.
+    pub(crate) fn begin_flush(&mut self) -> u64 {
+        let id = self.next_flush;
+        self.next_flush += 1;
+        let covered = std::mem::replace(&mut self.unflushed, Bitmap::new(self.geometry.nregions));
+        self.flushing.push((id, covered));
+        id
+    }
+
+    /// A flush ended: on success its regions are durable everywhere it reached; otherwise
+    /// they are still unflushed.
+    pub(crate) fn end_flush(&mut self, id: u64, ok: bool) {
+        if let Some(i) = self.flushing.iter().position(|(f, _)| *f == id) {
+            let (_, covered) = self.flushing.swap_remove(i);
+            if !ok {
+                self.unflushed.union_with(&covered);
+            }
         }
     }
 
@@ -194,6 +226,11 @@ impl State {
             if was_in_sync && survivors > 0 {
                 m.in_sync = false;
                 m.last_in_sync_gen = generation;
+                // Writes it acknowledged since its last flush may be gone with it.
+                self.dirty.union_with(&self.unflushed);
+                for (_, f) in &self.flushing {
+                    self.dirty.union_with(f);
+                }
                 self.start_tracking();
                 self.bump();
                 warn!(
