@@ -8,8 +8,9 @@
 #     `apt-get install`ed: that would remove the machine's newer qemu-utils),
 #     its runtime libraries, seabios and ipxe-qemu, and a firmware dir for -L;
 #   - the Debian 6.1 cloud kernel (vmlinuz + modules, depmod'ed);
-#   - a gzip'ed newc initramfs: busybox-static, nvme-cli, e2fsprogs' mke2fs and
-#     e2fsck, the modules for nvme-tcp / nvmet-tcp / loop / virtio-net, a
+#   - a gzip'ed newc initramfs: busybox-static, nvme-cli, e2fsprogs' mke2fs,
+#     e2fsck and resize2fs, util-linux's blkid, xfsprogs' mkfs.xfs and
+#     xfs_growfs, the modules for nvme-tcp / nvmet-tcp / loop / virtio-net / xfs, a
 #     host NQN and host ID, and an /init that runs /test.sh (added later by
 #     run-guest.sh as an appended cpio) and prints FERRITE-GUEST-RESULT: PASS
 #     or FAIL before powering off.
@@ -19,7 +20,7 @@
 set -euo pipefail
 
 # Bump when anything below changes what ends up in the cache.
-PREPARE_VERSION="ferrite-qemu-bed-7"
+PREPARE_VERSION="ferrite-qemu-bed-8"
 
 CACHE="${FERRITE_QEMU_CACHE:-${FERRITE_CACHE:-$HOME/.cache/ferrite}/qemu}"
 STAMP="$CACHE/stamp"
@@ -103,10 +104,11 @@ apt_download() {
 deb_of() { compgen -G "$DEBS/${1}_*.deb" | head -n1; }
 
 # --- 1. host tools -------------------------------------------------------------
-# cpio/gzip/kmod build the initramfs; nvme-cli and e2fsprogs are copied into it
-# (installed so that ldd resolves their libraries from the host).
+# cpio/gzip/kmod build the initramfs; nvme-cli, e2fsprogs, util-linux (blkid) and
+# xfsprogs are copied into it (installed so that ldd resolves their libraries from
+# the host).
 if ! apt-cache show cpio >/dev/null 2>&1; then apt_update_once; fi
-apt_install cpio gzip kmod nvme-cli e2fsprogs
+apt_install cpio gzip kmod nvme-cli e2fsprogs util-linux xfsprogs
 
 DEBS="$CACHE/debs"
 mkdir -p "$DEBS"
@@ -191,6 +193,12 @@ copy_with_libs() {
 copy_with_libs /usr/sbin/nvme /usr/sbin/nvme
 copy_with_libs /usr/sbin/mke2fs /usr/sbin/mke2fs
 copy_with_libs /usr/sbin/e2fsck /usr/sbin/e2fsck
+# For the CSI node plugin: low-level probing (busybox's blkid has no -p), online
+# growth of ext4, and XFS.
+copy_with_libs /usr/sbin/resize2fs /usr/sbin/resize2fs
+copy_with_libs "$(command -v blkid)" /usr/sbin/blkid
+copy_with_libs /usr/sbin/mkfs.xfs /usr/sbin/mkfs.xfs
+copy_with_libs /usr/sbin/xfs_growfs /usr/sbin/xfs_growfs
 for l in mkfs.ext4 mkfs.ext2 mkfs.ext3; do
     rm -f "$STAGE/usr/sbin/$l"
     ln -s mke2fs "$STAGE/usr/sbin/$l"
@@ -200,7 +208,7 @@ ln -s e2fsck "$STAGE/usr/sbin/fsck.ext4"
 cp /etc/mke2fs.conf "$STAGE/etc/mke2fs.conf"
 
 # Modules, in dependency order. crc32c-intel only speeds up digests.
-MODULES="virtio_pci virtio_net configfs loop nvme-fabrics nvme-tcp nvmet nvmet-tcp crc32c-intel"
+MODULES="virtio_pci virtio_net configfs loop nvme-fabrics nvme-tcp nvmet nvmet-tcp crc32c-intel xfs"
 : >"$STAGE/etc/ferrite-modules"
 for m in $MODULES; do
     modprobe -d "$KROOT" -S "$KVER" --show-depends "$m" | while read -r kind path _; do
@@ -221,6 +229,7 @@ sed -n 's/.*uuid:\(.*\)$/\1/p' "$CACHE/hostnqn" >"$CACHE/hostid"
 cp "$CACHE/hostnqn" "$STAGE/etc/nvme/hostnqn"
 cp "$CACHE/hostid" "$STAGE/etc/nvme/hostid"
 
+ln -sfn /proc/self/mounts "$STAGE/etc/mtab"
 printf 'root:x:0:0:root:/root:/bin/sh\n' >"$STAGE/etc/passwd"
 printf 'root:x:0:\n' >"$STAGE/etc/group"
 mknod -m 0600 "$STAGE/dev/console" c 5 1

@@ -24,6 +24,9 @@
 #                        ",hostfwd=tcp:127.0.0.1:14420-:4420")
 #   FERRITE_GUEST_HOSTNQN  host NQN for the guest (default: the one prepare.sh
 #                        generated, see hostnqn in the cache dir / bed.env)
+#   FERRITE_GUEST_BINS   space-separated host binaries to add to the guest as
+#                        /usr/local/bin/NAME (debug info stripped), with the
+#                        libraries ldd lists that the base initramfs lacks
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -91,6 +94,21 @@ done
         printf "%s='%s'\n" "$key" "${val//\'/\'\\\'\'}"
     done
 } >"$WORK/root/test.env"
+# Extra binaries (e.g. ferrite-csi-node) and their libraries.
+for bin in ${FERRITE_GUEST_BINS:-}; do
+    [ -x "$bin" ] || { log "FERRITE_GUEST_BINS: not an executable: $bin"; exit 2; }
+    mkdir -p "$WORK/root/usr/local/bin"
+    dst="$WORK/root/usr/local/bin/$(basename "$bin")"
+    if ! strip --strip-debug -o "$dst" "$bin" 2>/dev/null; then cp "$bin" "$dst"; fi
+    chmod 0755 "$dst"
+    for lib in $(ldd "$bin" | grep -o '/[^ ]*'); do
+        # The initramfs has a merged /usr (/lib -> usr/lib): store under /usr.
+        case $lib in /usr/*) rel=$lib ;; *) rel=/usr$lib ;; esac
+        if [ -e "$CACHE/initramfs-root$rel" ] || [ -e "$WORK/root$rel" ]; then continue; fi
+        mkdir -p "$WORK/root$(dirname "$rel")"
+        cp -L "$lib" "$WORK/root$rel"
+    done
+done
 if [ -n "${FERRITE_GUEST_HOSTNQN:-}" ]; then
     echo "$FERRITE_GUEST_HOSTNQN" >"$WORK/root/etc/nvme/hostnqn"
     hostid=${FERRITE_GUEST_HOSTNQN##*uuid:}

@@ -38,8 +38,22 @@ pub struct Datapath {
 impl Datapath {
     /// Starts the datapath with `args` and waits until `addr` accepts TCP connections.
     pub fn start(addr: SocketAddr, args: &[String]) -> Result<Datapath, String> {
+        Datapath::start_wrapped(addr, &[], args)
+    }
+
+    /// Like [`Datapath::start`], run through `wrapper` (e.g. `ip netns exec NS`), which must
+    /// exec the datapath in place so that signals reach it.
+    pub fn start_wrapped(addr: SocketAddr, wrapper: &[String], args: &[String]) -> Result<Datapath, String> {
         let bin = binary()?;
-        let mut child = Command::new(&bin)
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        let mut child = cmd
             .args(args)
             .env("RUST_LOG", std::env::var("FERRITE_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .env("NO_COLOR", "1")
@@ -77,6 +91,11 @@ impl Datapath {
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(dp)
+    }
+
+    /// The process ID.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     /// Lines the process printed so far.

@@ -1,8 +1,12 @@
 //! Harnesses for Ferrite's whole-system tests: building and starting `ferrite-datapath`
-//! processes, and running guest scripts in the QEMU kernel-initiator bed (`e2e/qemu`).
+//! processes, and running guest scripts in the QEMU kernel-initiator bed (`e2e/qemu`), and
+//! CSI clients.
 
+pub mod csi;
+pub mod cluster;
 pub mod datapath;
 pub mod qemu;
+pub mod workload;
 
 use std::path::PathBuf;
 

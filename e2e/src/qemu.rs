@@ -12,9 +12,28 @@ pub struct GuestRun {
     pub output: String,
 }
 
+/// Extra settings of a guest run (see `e2e/qemu/run-guest.sh`).
+#[derive(Clone, Debug, Default)]
+pub struct GuestOptions {
+    /// Host binaries to add to the guest as `/usr/local/bin/NAME`, with their libraries
+    /// (`FERRITE_GUEST_BINS`).
+    pub bins: Vec<PathBuf>,
+    /// The guest's host NQN (`FERRITE_GUEST_HOSTNQN`); the host ID is its `uuid:` part.
+    pub hostnqn: Option<String>,
+    /// Extra QEMU `-netdev user` options (`FERRITE_QEMU_NETDEV_OPTS`), e.g. a hostfwd.
+    pub netdev_opts: Option<String>,
+    /// Extra kernel command-line arguments (`FERRITE_QEMU_APPEND`).
+    pub kernel_append: Option<String>,
+}
+
 /// Prepares the bed (a no-op when cached) and runs `script` (relative to `e2e/qemu/guest`)
 /// in a fresh guest with `env` as its test.env.
 pub fn run_guest(script: &str, timeout_s: u32, env: &[(&str, String)]) -> Result<GuestRun, String> {
+    run_guest_with(script, timeout_s, env, &GuestOptions::default())
+}
+
+/// [`run_guest`] with extra binaries, a host NQN, network or kernel options.
+pub fn run_guest_with(script: &str, timeout_s: u32, env: &[(&str, String)], opts: &GuestOptions) -> Result<GuestRun, String> {
     let qemu = workspace_root().join("e2e").join("qemu");
     let prep = Command::new("bash")
         .arg(qemu.join("prepare.sh"))
@@ -33,6 +52,19 @@ pub fn run_guest(script: &str, timeout_s: u32, env: &[(&str, String)]) -> Result
     cmd.arg(qemu.join("run-guest.sh")).arg(&script_path).arg(timeout_s.to_string());
     for (k, v) in env {
         cmd.arg(format!("{k}={v}"));
+    }
+    if !opts.bins.is_empty() {
+        let bins: Vec<String> = opts.bins.iter().map(|b| b.display().to_string()).collect();
+        cmd.env("FERRITE_GUEST_BINS", bins.join(" "));
+    }
+    if let Some(n) = &opts.hostnqn {
+        cmd.env("FERRITE_GUEST_HOSTNQN", n);
+    }
+    if let Some(n) = &opts.netdev_opts {
+        cmd.env("FERRITE_QEMU_NETDEV_OPTS", n);
+    }
+    if let Some(a) = &opts.kernel_append {
+        cmd.env("FERRITE_QEMU_APPEND", a);
     }
     let out = cmd.output().map_err(|e| format!("running run-guest.sh: {e}"))?;
     let output = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
