@@ -1,5 +1,5 @@
-//! The built-in demo: Ferrite's embedded default configuration, served from sparse files in
-//! a temporary folder, ready for `nvme connect`.
+//! The built-in demo: Ferrite's embedded default configuration (pools on sparse files in a
+//! temporary folder, a mirrored volume over two replicas), ready for `nvme connect`.
 
 use std::path::PathBuf;
 
@@ -32,7 +32,8 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let c = config(Some(tmp.path().to_path_buf())).unwrap();
         c.validate().unwrap();
-        assert!(!c.subsystems.is_empty());
-        assert!(c.subsystems[0].namespaces[0].backend.contains(tmp.path().to_str().unwrap()));
+        assert_eq!(c.pools.len(), 2);
+        assert_eq!(c.volumes[0].replicas.len(), 2);
+        assert!(c.pools[0].disks[0].contains(tmp.path().to_str().unwrap()));
     }
 }
