@@ -2,7 +2,7 @@
 //! needed) and generates prost messages plus tonic clients and servers.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/csi/v1/csi.proto"];
+    let protos = ["proto/csi/v1/csi.proto", "proto/ferrite/node/v1/node.proto"];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -5,12 +5,23 @@
 //!   for what is left out). Messages are prost structs; `*_server` modules hold the tonic
 //!   service traits and `*_client` modules the clients.
 //!
+//! - [`node::v1`]: Ferrite's node API (pools, replicas, volume targets).
+//!
 //! - [`context`]: the keys of the CSI volume/publish context maps through which the
 //!   controller tells the node plugin where a volume is served.
 //!
 //! The `.proto` files are compiled at build time by protox (no `protoc` needed).
 
 pub mod context;
+
+/// Ferrite's node API (`proto/ferrite/node/v1/node.proto`): the operator drives each node's
+/// datapath through it.
+pub mod node {
+    pub mod v1 {
+        #![allow(clippy::all, missing_docs)]
+        tonic::include_proto!("ferrite.node.v1");
+    }
+}
 
 pub mod csi {
     pub mod v1 {
