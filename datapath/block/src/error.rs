@@ -86,7 +86,7 @@ pub fn check_range(lba: u64, nblocks: u64, capacity: u64) -> Result<(), BlockErr
 pub fn blocks_in(what: &'static str, len: usize, block_size: u32) -> Result<u64, BlockError> {
     let len = len as u64;
     let bs = u64::from(block_size);
-    if bs == 0 || len % bs != 0 {
+    if bs == 0 || !len.is_multiple_of(bs) {
         return Err(BlockError::Misaligned {
             what,
             value: len,
@@ -113,7 +113,7 @@ pub fn check_size(what: &'static str, size_bytes: u64, block_size: u32) -> Resul
     if size_bytes == 0 {
         return Err(BlockError::InvalidSpec(format!("{what} must not be zero")));
     }
-    if size_bytes % u64::from(block_size) != 0 {
+    if !size_bytes.is_multiple_of(u64::from(block_size)) {
         return Err(BlockError::Misaligned {
             what,
             value: size_bytes,

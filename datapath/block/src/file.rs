@@ -183,18 +183,17 @@ impl FileDevice {
                 .map_err(|e| BlockError::io("stat", e))?
                 .len()
         };
-        if let Some(want) = opts.create_size {
-            if !created && want != size {
+        if let Some(want) = opts.create_size
+            && !created && want != size {
                 return Err(BlockError::InvalidSpec(format!(
                     "{shown} exists with a size of {size} bytes, not the requested {want}"
                 )));
             }
-        }
         let num_blocks = check_size("file size", size, opts.block_size)?;
 
-        if direct {
-            if let Some(align) = dio_alignment(&file, is_block_device) {
-                if align > opts.block_size {
+        if direct
+            && let Some(align) = dio_alignment(&file, is_block_device)
+                && align > opts.block_size {
                     tracing::warn!(
                         path = %shown,
                         block_size = opts.block_size,
@@ -208,8 +207,6 @@ impl FileDevice {
                         .map_err(|e| BlockError::io("open", e))?;
                     direct = false;
                 }
-            }
-        }
 
         let file = Arc::new(file);
         let engine = match engine_kind {

@@ -63,7 +63,7 @@ pub fn parse_size(s: &str) -> Result<u64, BlockError> {
 /// the result parses back with [`parse_size`].
 pub fn format_size(bytes: u64) -> String {
     for (unit, mult) in UNITS {
-        if bytes != 0 && bytes % mult == 0 {
+        if bytes != 0 && bytes.is_multiple_of(mult) {
             return format!("{}{unit}", bytes / mult);
         }
     }

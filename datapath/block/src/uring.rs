@@ -309,8 +309,8 @@ impl RingThread {
     }
 
     fn start(&mut self, req: Request) -> io::Result<()> {
-        if let Op::Read { buf, .. } | Op::Write { buf, .. } = &req.op {
-            if buf.is_empty() {
+        if let Op::Read { buf, .. } | Op::Write { buf, .. } = &req.op
+            && buf.is_empty() {
                 let result = match req.op {
                     Op::Read { buf, .. } => Ok(Some(buf)),
                     _ => Ok(None),
@@ -318,7 +318,6 @@ impl RingThread {
                 let _ = req.reply.send(result);
                 return Ok(());
             }
-        }
         let idx = match self.free.pop() {
             Some(idx) => idx,
             None => {

@@ -216,7 +216,7 @@ pub fn decode_discovery_log(b: &[u8]) -> Option<(u64, Vec<DiscoveryEntry>)> {
 /// `None` if the offset lies beyond the page or is not dword-aligned. Allocates `len` bytes:
 /// callers bound `len` (the target caps it at MDTS) before calling.
 pub fn window(page: &[u8], offset: u64, len: u64) -> Option<Vec<u8>> {
-    if offset % 4 != 0 || offset > page.len() as u64 {
+    if !offset.is_multiple_of(4) || offset > page.len() as u64 {
         return None;
     }
     let start = offset as usize;
