@@ -63,9 +63,17 @@ pub struct Report {
     pub model: HashMap<u64, u64>,
     /// When each LBA was last written (acknowledged).
     pub written_at: HashMap<u64, Instant>,
+    /// (start, end) of every flush that completed.
+    pub flushes_at: Vec<(Instant, Instant)>,
 }
 
 impl Report {
+    /// The start of the last flush that completed before `t`: writes acknowledged before it are
+    /// durable on every replica; later ones may be lost by a replica that crashes at `t`.
+    pub fn last_flush_before(&self, t: Instant) -> Option<Instant> {
+        self.flushes_at.iter().filter(|(_, end)| *end < t).map(|(start, _)| *start).max()
+    }
+
     /// 1 MiB regions holding LBAs written (acknowledged) at or after `since`.
     pub fn regions_written_since(&self, since: Instant, region: u64) -> BTreeSet<u64> {
         self.written_at
@@ -119,8 +127,15 @@ pub async fn run(
                 }
                 n += 1;
                 if n % 16 == 0 {
+                    let started = Instant::now();
                     match ctrl.flush(nsid).await {
-                        Ok(()) => record(&report, &|r| r.flushes += 1),
+                        Ok(()) => {
+                            let ended = Instant::now();
+                            record(&report, &|r| {
+                                r.flushes += 1;
+                                r.flushes_at.push((started, ended));
+                            })
+                        }
                         Err(e) => record(&report, &|r| r.io_errors.push(format!("flush: {e}"))),
                     }
                 }
