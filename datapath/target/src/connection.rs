@@ -596,6 +596,12 @@ async fn write_loop(
             Ok(c) => c,
             Err(_) => return,
         };
+        if rx.is_empty() {
+            // Commands run as separate tasks: let those already runnable finish and queue
+            // their replies, so that one send carries many (fewer system calls per I/O under
+            // load; at queue depth 1 nothing else is runnable and this returns at once).
+            tokio::task::yield_now().await;
+        }
         while !close && w.buf.len() < BATCH_LIMIT {
             let Ok(next) = rx.try_recv() else { break };
             close = match w.emit(&mut wr, next).await {
