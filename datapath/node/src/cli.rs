@@ -48,6 +48,15 @@ pub struct Args {
     #[arg(long, value_name = "ADDR:PORT")]
     pub http: Option<SocketAddr>,
 
+    /// Serve the node API (gRPC `ferrite.node.v1.Node`) on this address.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub grpc: Option<SocketAddr>,
+
+    /// Folder of the state file (node-state.yaml) recording what the node API created; read
+    /// at start. Used only with --grpc. Default /var/lib/ferrite.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
     /// Log filter (overridden by RUST_LOG).
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -69,6 +78,12 @@ impl Args {
         config.listen.extend(self.listen.iter().copied());
         if self.http.is_some() {
             config.http = self.http;
+        }
+        if self.grpc.is_some() {
+            config.grpc = self.grpc;
+        }
+        if self.state_dir.is_some() {
+            config.state_dir = self.state_dir.clone();
         }
         for e in &self.export {
             let (nqn, spec) = e
@@ -117,6 +132,13 @@ mod tests {
         assert_eq!(c.listen, vec!["127.0.0.1:5000".parse().unwrap()]);
         assert_eq!(c.subsystems.len(), 2);
         assert_eq!(c.subsystems[1].allow_hosts, vec!["nqn.2014-08.org.nvmexpress:uuid:1".to_string()]);
+    }
+
+    #[test]
+    fn node_api_options() {
+        let c = parse(&["--grpc", "127.0.0.1:9500", "--state-dir", "/tmp/st"]).unwrap();
+        assert_eq!(c.grpc, Some("127.0.0.1:9500".parse().unwrap()));
+        assert_eq!(c.state_dir, Some(PathBuf::from("/tmp/st")));
     }
 
     #[test]

@@ -7,49 +7,56 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use ferrite_block::spec::BackendSpec;
 use ferrite_protocol::nqn;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Everything the datapath serves.
-#[derive(Debug, Default, Deserialize, PartialEq)]
+#[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// NVMe/TCP listen addresses; every listener also serves the discovery subsystem.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub listen: Vec<SocketAddr>,
     /// Subsystems to export.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub subsystems: Vec<SubsystemSpec>,
     /// Address of the HTTP endpoint serving /metrics and /v1/status (none: not served).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<SocketAddr>,
+    /// Address of the gRPC node API (`ferrite.node.v1.Node`; none: not served).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<SocketAddr>,
+    /// Folder of the state file (`node-state.yaml`) holding what the node API created
+    /// (default `/var/lib/ferrite`; used only when the node API is served).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<std::path::PathBuf>,
     /// This node's identity.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub node: NodeSpec,
     /// Storage pools: RAID0 stripes over local disks, holding thin volumes.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pools: Vec<PoolSpec>,
     /// Replicas: volumes in local pools, exported over NVMe/TCP to the nodes that mirror them.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replicas: Vec<ReplicaSpec>,
     /// Volumes served to hosts: mirrors over local and remote replicas.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<VolumeSpec>,
 }
 
 /// This node's identity.
-#[derive(Debug, Default, Deserialize, PartialEq)]
+#[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct NodeSpec {
     /// Node name (default: the host name).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// Host NQN this node uses to reach remote replicas (default derived from the name).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostnqn: Option<String>,
 }
 
 /// A storage pool.
-#[derive(Debug, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PoolSpec {
     /// Pool name: lowercase letters, digits and '-'.
@@ -57,15 +64,15 @@ pub struct PoolSpec {
     /// Member disks as backend specs (`file:/dev/sdb`, `file:/var/lib/ferrite/d0.img:10GiB`).
     pub disks: Vec<String>,
     /// RAID0 stripe size (default 64KiB).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stripe_size: Option<String>,
     /// Logical block size of the disks (default 4096).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub block_size: Option<u32>,
 }
 
 /// A replica: a volume in a local pool.
-#[derive(Debug, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ReplicaSpec {
     pub uuid: String,
@@ -75,51 +82,74 @@ pub struct ReplicaSpec {
     #[serde(default = "yes")]
     pub thin: bool,
     /// Export over NVMe/TCP (as `nqn.2024-01.dev.ferrite:replica-<uuid>` unless `nqn` is set).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub export: Option<ExportSpec>,
 }
 
 /// How a replica is exported.
-#[derive(Debug, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ExportSpec {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nqn: Option<String>,
     /// Host NQNs (the mirroring nodes) allowed to connect.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_hosts: Vec<String>,
+    /// With an empty `allow_hosts`: true (default) lets any host connect, false none.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub allow_any_host: bool,
 }
 
 /// A volume served to hosts: a mirror over replicas.
-#[derive(Debug, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct VolumeSpec {
     pub uuid: String,
     /// Subsystem NQN (default `nqn.2024-01.dev.ferrite:volume-<uuid>`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nqn: Option<String>,
-    /// Hosts allowed to connect; empty means any host.
-    #[serde(default)]
+    /// Hosts allowed to connect; empty means any host (unless `allow_any_host` is false).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_hosts: Vec<String>,
+    /// With an empty `allow_hosts`: true (default) lets any host connect, false none.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub allow_any_host: bool,
     pub replicas: Vec<VolumeReplicaSpec>,
 }
 
 /// One replica of a volume: local (in this node's `replicas`) or remote (another node's
 /// export at `address`).
-#[derive(Debug, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct VolumeReplicaSpec {
     pub uuid: String,
     /// NVMe/TCP address of the node exporting it; absent for a local replica.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<SocketAddr>,
     /// Its subsystem NQN there (default `nqn.2024-01.dev.ferrite:replica-<uuid>`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nqn: Option<String>,
 }
 
 fn yes() -> bool {
     true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+/// Who may connect to an export: `hosts`, or any host when `hosts` is empty and `any`.
+pub fn host_access(hosts: &[String], any: bool) -> ferrite_target::HostAccess {
+    if hosts.is_empty() && any {
+        ferrite_target::HostAccess::Any
+    } else {
+        ferrite_target::HostAccess::Only(hosts.to_vec())
+    }
 }
 
 /// The NQN a replica is exported as unless configured otherwise.
@@ -143,18 +173,18 @@ pub fn parse_uuid(what: &str, s: &str) -> Result<uuid::Uuid> {
 }
 
 /// One exported subsystem.
-#[derive(Debug, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SubsystemSpec {
     pub nqn: String,
     /// Host NQNs allowed to connect; empty means any host.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_hosts: Vec<String>,
     pub namespaces: Vec<NamespaceSpec>,
 }
 
 /// One namespace of a subsystem.
-#[derive(Debug, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct NamespaceSpec {
     #[serde(default = "default_nsid")]
@@ -162,7 +192,7 @@ pub struct NamespaceSpec {
     /// Backend: `ram:SIZE`, `file:PATH` or `file:PATH:SIZE`.
     pub backend: String,
     /// Logical block size in bytes (default 4096).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub block_size: Option<u32>,
 }
 

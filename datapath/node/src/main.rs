@@ -1,13 +1,27 @@
 //! `ferrite-datapath`: the Ferrite node agent. It serves block devices as NVMe/TCP
-//! subsystems, standalone from the command line or a YAML file, or as a self-contained demo.
+//! subsystems, standalone from the command line or a YAML file, or as a self-contained demo;
+//! on a Kubernetes node it holds pools, replicas and mirrored volumes, driven by the operator
+//! through the node API (gRPC, `grpc.rs`) and persisted in a state file (`state.rs`).
+//!
+//! | module | owns |
+//! |---|---|
+//! | `cli`, `config`, `demo` | arguments, the YAML schema, the embedded demo |
+//! | `serve` | start-up (config + state file), signals, shutdown |
+//! | `storage` | pools, replicas, volumes: the work behind the API |
+//! | `state` | the state file (atomic writes, merge with the config) |
+//! | `grpc` | the node API: protobuf <-> storage |
+//! | `http`, `status`, `metrics` | `/metrics`, `/v1/status`, compare |
+//! | `remote` | remote replicas over the NVMe/TCP host library |
 
 mod cli;
 mod config;
 mod demo;
+mod grpc;
 mod http;
 mod metrics;
 mod remote;
 mod serve;
+mod state;
 mod status;
 mod storage;
 

@@ -1,9 +1,15 @@
 //! Prometheus metrics of the datapath, built from snapshots at scrape time: per-namespace
-//! (volume) operations, bytes and latency histograms from the target.
+//! (volume) operations, bytes and latency histograms from the target; pool capacity and
+//! usage, replica allocation, volume and per-replica state, and rebuild progress from the
+//! storage.
 
+use ferrite_block::mirror::ReplicaState;
 use ferrite_target::Target;
+use uuid::Uuid;
+
+use crate::storage::{Storage, VolumeState};
 use ferrite_target::stats::{HistogramSnapshot, LATENCY_BUCKETS_US};
-use prometheus::proto::{Bucket, Counter, Histogram, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{Encoder, TextEncoder};
 
 fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
@@ -36,6 +42,91 @@ fn counter(l: Vec<LabelPair>, v: u64) -> Metric {
     m
 }
 
+fn gauge(l: Vec<LabelPair>, v: f64) -> Metric {
+    let mut g = Gauge::default();
+    g.set_value(v);
+    let mut m = Metric::default();
+    m.set_label(l);
+    m.set_gauge(g);
+    m
+}
+
+const REPLICA_STATES: [(ReplicaState, &str); 5] = [
+    (ReplicaState::Healthy, "healthy"),
+    (ReplicaState::Faulted, "faulted"),
+    (ReplicaState::Rebuilding, "rebuilding"),
+    (ReplicaState::Stale, "stale"),
+    (ReplicaState::Connecting, "connecting"),
+];
+
+/// Pool, replica, volume state and rebuild families.
+fn storage_families(storage: &Storage) -> Vec<MetricFamily> {
+    let (mut cap, mut used, mut free) = (Vec::new(), Vec::new(), Vec::new());
+    for p in storage.pools() {
+        let l = labels(&[("pool", &p.name)]);
+        cap.push(gauge(l.clone(), p.store.capacity_bytes() as f64));
+        used.push(gauge(l.clone(), p.store.used_bytes() as f64));
+        free.push(gauge(l, p.store.free_bytes() as f64));
+    }
+    let (mut alloc, mut size) = (Vec::new(), Vec::new());
+    for r in storage.replicas() {
+        let id = r.uuid.to_string();
+        let info = r.volume.info();
+        let l = labels(&[("replica", &id), ("pool", &r.pool)]);
+        alloc.push(gauge(l.clone(), info.allocated_bytes as f64));
+        size.push(gauge(l, info.size as f64));
+    }
+    let (mut vstate, mut rstate, mut done, mut total, mut rebuilt) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for rec in storage.volume_records() {
+        let Some(v) = storage.volume_view(rec.uuid) else { continue };
+        let vid = v.uuid.to_string();
+        let current = v.state();
+        for s in VolumeState::ALL {
+            vstate.push(gauge(labels(&[("volume", &vid), ("state", s.name())]), if s == current { 1.0 } else { 0.0 }));
+        }
+        let Some(st) = &v.status else { continue };
+        rebuilt.push(counter(labels(&[("volume", &vid)]), st.rebuilt_bytes_total));
+        for r in &st.replicas {
+            let rid = Uuid::from_bytes(r.id).to_string();
+            for (s, name) in REPLICA_STATES {
+                let l = labels(&[("volume", &vid), ("replica", &rid), ("state", name)]);
+                rstate.push(gauge(l, if s == r.state { 1.0 } else { 0.0 }));
+            }
+            let p = r.rebuild.as_ref().or(r.last_rebuild.as_ref());
+            let l = labels(&[("volume", &vid), ("replica", &rid)]);
+            done.push(gauge(l.clone(), p.map(|p| p.bytes_done).unwrap_or(0) as f64));
+            total.push(gauge(l, p.map(|p| p.bytes_total).unwrap_or(0) as f64));
+        }
+    }
+    vec![
+        family("ferrite_pool_capacity_bytes", "Bytes a pool can hold for replicas", MetricType::GAUGE, cap),
+        family("ferrite_pool_used_bytes", "Bytes of a pool allocated or reserved by replicas", MetricType::GAUGE, used),
+        family("ferrite_pool_free_bytes", "Bytes of a pool still free", MetricType::GAUGE, free),
+        family("ferrite_replica_size_bytes", "Size of a replica (including the mirror label reserve)", MetricType::GAUGE, size),
+        family("ferrite_replica_allocated_bytes", "Bytes of pool space a replica has allocated", MetricType::GAUGE, alloc),
+        family("ferrite_volume_state", "1 for the volume's current state, 0 for the others", MetricType::GAUGE, vstate),
+        family(
+            "ferrite_volume_replica_state",
+            "1 for each volume replica's current state, 0 for the others",
+            MetricType::GAUGE,
+            rstate,
+        ),
+        family(
+            "ferrite_volume_replica_rebuild_bytes_done",
+            "Bytes done of the replica's current (or last) rebuild",
+            MetricType::GAUGE,
+            done,
+        ),
+        family(
+            "ferrite_volume_replica_rebuild_bytes_total",
+            "Bytes to do in the replica's current (or last) rebuild",
+            MetricType::GAUGE,
+            total,
+        ),
+        family("ferrite_volume_rebuilt_bytes_total", "Bytes rebuilt onto the volume's replicas since it was assembled", MetricType::COUNTER, rebuilt),
+    ]
+}
+
 fn histogram(l: Vec<LabelPair>, h: &HistogramSnapshot) -> Metric {
     let mut cumulative = 0;
     let buckets = LATENCY_BUCKETS_US
@@ -60,7 +151,7 @@ fn histogram(l: Vec<LabelPair>, h: &HistogramSnapshot) -> Metric {
 }
 
 /// Renders every metric in the Prometheus text exposition format.
-pub fn render(target: &Target) -> String {
+pub fn render(target: &Target, storage: &Storage) -> String {
     let stats = target.namespace_stats();
     let mut ops = Vec::new();
     let mut bytes = Vec::new();
@@ -78,7 +169,7 @@ pub fn render(target: &Target) -> String {
         ops.push(counter(labels(&[base[0], base[1], ("op", "flush")]), s.flush_ops));
         errors.push(counter(labels(&base), s.errors));
     }
-    let families = vec![
+    let mut families = vec![
         family("ferrite_volume_ops_total", "I/O commands completed per namespace and operation", MetricType::COUNTER, ops),
         family("ferrite_volume_bytes_total", "Bytes read or written per namespace", MetricType::COUNTER, bytes),
         family(
@@ -89,6 +180,8 @@ pub fn render(target: &Target) -> String {
         ),
         family("ferrite_volume_errors_total", "I/O commands completed with an error status", MetricType::COUNTER, errors),
     ];
+    // Families without samples are left out (an empty family is not valid exposition).
+    families.extend(storage_families(storage).into_iter().filter(|f| !f.get_metric().is_empty()));
     let mut out = Vec::new();
     if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
         return format!("# error encoding metrics: {e}\n");

@@ -1,5 +1,6 @@
-//! Running the datapath: open the backends, build the target, listen, print how to connect,
-//! and shut down cleanly (flushing every device) on SIGTERM or Ctrl-C.
+//! Running the datapath: open the backends, build the target, listen, merge the state file
+//! into the configuration (with `--grpc`), open the storage, serve HTTP and the node API,
+//! print how to connect, and shut down cleanly (flushing every device) on SIGTERM or Ctrl-C.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,12 +13,13 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
 use crate::config::{Config, DEFAULT_BLOCK_SIZE};
+use crate::state::{self, ApiKeys, DEFAULT_STATE_DIR, StateFile};
 use crate::status::NodeStatus;
 use crate::storage::{Storage, node_name};
 
 /// Serves `config` until SIGTERM or SIGINT. On SIGHUP, `reload` (the config file) is read
 /// again and volume changes are applied.
-pub async fn run(config: Config, reload: Option<PathBuf>) -> Result<()> {
+pub async fn run(mut config: Config, reload: Option<PathBuf>) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
@@ -46,10 +48,28 @@ pub async fn run(config: Config, reload: Option<PathBuf>) -> Result<()> {
     }
     // Listeners first: replicas are exported as soon as their pool is open, and a volume may
     // mirror onto a replica of this very node through NVMe/TCP.
-    let storage = Storage::open(&config, &target).await?;
+    // With the node API, what it created comes back from the state file.
+    let (api, state) = match config.grpc {
+        None => (ApiKeys::default(), None),
+        Some(_) => {
+            let file = StateFile::new(config.state_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)));
+            let saved = file.load()?;
+            let api = state::merge(&mut config, saved)?;
+            config.validate().with_context(|| format!("the configuration merged with {}", file.path().display()))?;
+            (api, Some(file))
+        }
+    };
+    let storage = Storage::open(&config, &api, &target, state).await?;
     if let Some(addr) = config.http {
         let source = Arc::new(NodeStatus { target: target.clone(), storage: storage.clone(), node: node_name(&config) });
         crate::http::serve(addr, source).await?;
+    }
+    let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
+    if let Some(addr) = config.grpc {
+        crate::grpc::serve(addr, storage.clone(), async move {
+            let _ = grpc_stopped.await;
+        })
+        .await?;
     }
     print_connect_help(&config, &bound);
 
@@ -64,7 +84,7 @@ pub async fn run(config: Config, reload: Option<PathBuf>) -> Result<()> {
                 };
                 info!(config = %path.display(), "SIGHUP: reloading the configuration");
                 let applied = match Config::load(path).and_then(|c| c.validate().map(|_| c)) {
-                    Ok(new) => storage.reconfigure(&new, &target).await,
+                    Ok(new) => storage.reconfigure(&new).await,
                     Err(e) => Err(e),
                 };
                 if let Err(e) = applied {
@@ -73,8 +93,9 @@ pub async fn run(config: Config, reload: Option<PathBuf>) -> Result<()> {
             }
         }
     }
+    let _ = stop_grpc.send(());
+    storage.close(&target).await;
     target.shutdown().await;
-    storage.close().await;
     for d in &devices {
         if let Err(e) = d.flush().await {
             warn!(device = %d.describe(), error = %e, "final flush failed");

@@ -24,7 +24,7 @@ impl StatusSource for NodeStatus {
     }
 
     fn metrics(&self) -> String {
-        crate::metrics::render(&self.target)
+        crate::metrics::render(&self.target, &self.storage)
     }
 
     fn status_json(&self) -> String {
@@ -76,7 +76,7 @@ impl StatusSource for NodeStatus {
 impl NodeStatus {
     fn pools(&self) -> Vec<Value> {
         self.storage
-            .pools
+            .pools()
             .iter()
             .map(|p| {
                 json!({
@@ -94,7 +94,7 @@ impl NodeStatus {
 
     fn replicas(&self) -> Vec<Value> {
         self.storage
-            .replicas
+            .replicas()
             .iter()
             .map(|r| {
                 let info = r.volume.info();
@@ -104,7 +104,7 @@ impl NodeStatus {
                     "size_bytes": info.size,
                     "thin": info.thin,
                     "allocated_bytes": info.allocated_bytes,
-                    "nqn": r.nqn,
+                    "nqn": r.nqn(),
                 })
             })
             .collect()
@@ -155,10 +155,8 @@ impl NodeStatus {
                 })
             })
             .collect();
-        if let Ok(p) = self.storage.pending.lock() {
-            for (uuid, reason) in p.iter() {
-                out.push(json!({ "uuid": uuid.to_string(), "state": "Pending", "reason": reason }));
-            }
+        for (uuid, reason) in crate::storage::lock(&self.storage.pending).iter() {
+            out.push(json!({ "uuid": uuid.to_string(), "state": "Pending", "reason": reason }));
         }
         out
     }
