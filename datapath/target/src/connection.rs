@@ -153,6 +153,8 @@ struct Queue {
     sqhd: Arc<AtomicU16>,
     sqid: Arc<AtomicU16>,
     pending: HashMap<u16, PendingWrite>,
+    /// Shared with the writer and, once bound, with the command tasks.
+    inflight: Arc<AtomicUsize>,
 }
 
 /// Serves one accepted TCP connection until it closes.
@@ -183,7 +185,16 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
     let (tx, rx) = mpsc::channel(WRITER_QUEUE);
     let sqhd = Arc::new(AtomicU16::new(0));
     let sqid = Arc::new(AtomicU16::new(0));
-    let writer = tokio::spawn(write_loop(wr, rx, digests, sqid.clone(), sqhd.clone(), shared.options.max_c2h_data as usize));
+    let inflight = Arc::new(AtomicUsize::new(0));
+    let writer = tokio::spawn(write_loop(
+        wr,
+        rx,
+        digests,
+        sqid.clone(),
+        sqhd.clone(),
+        shared.options.max_c2h_data as usize,
+        inflight.clone(),
+    ));
     let (closer, mut closed) = watch::channel(false);
     let mut target_stop = shared.shutdown_signal();
     let mut q = Queue {
@@ -198,6 +209,7 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
         sqhd,
         sqid,
         pending: HashMap::new(),
+        inflight,
     };
 
     let stop = tokio::select! {
@@ -504,7 +516,7 @@ impl Queue {
                     qid: bound.qid,
                     sq_flow_disabled: bound.sq_flow_disabled,
                     local: self.local,
-                    inflight: Arc::new(AtomicUsize::new(0)),
+                    inflight: self.inflight.clone(),
                 }));
                 let _ = self.tx.send(Outgoing::Response(cqe)).await;
             }
@@ -589,6 +601,7 @@ async fn write_loop(
     sqid: Arc<AtomicU16>,
     sqhd: Arc<AtomicU16>,
     max_c2h: usize,
+    inflight: Arc<AtomicUsize>,
 ) {
     let mut w = PduWriter { buf: Vec::with_capacity(BATCH_LIMIT), digests, sqid, sqhd, max_c2h: max_c2h.max(4096) };
     while let Some(first) = rx.recv().await {
@@ -596,10 +609,11 @@ async fn write_loop(
             Ok(c) => c,
             Err(_) => return,
         };
-        if rx.is_empty() {
-            // Commands run as separate tasks: let those already runnable finish and queue
-            // their replies, so that one send carries many (fewer system calls per I/O under
-            // load; at queue depth 1 nothing else is runnable and this returns at once).
+        if rx.is_empty() && inflight.load(Ordering::Acquire) > 0 {
+            // Other commands of this queue are still running as separate tasks: let those
+            // already runnable finish and queue their replies, so that one send carries many
+            // (fewer system calls per I/O under load). With nothing else in flight (queue
+            // depth 1) the reply goes out at once.
             tokio::task::yield_now().await;
         }
         while !close && w.buf.len() < BATCH_LIMIT {
