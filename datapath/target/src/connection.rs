@@ -609,7 +609,8 @@ async fn write_loop(
             Ok(c) => c,
             Err(_) => return,
         };
-        if rx.is_empty() && inflight.load(Ordering::Acquire) > 0 {
+        // (The command whose reply this is may still be counted: more than one means others.)
+        if rx.is_empty() && inflight.load(Ordering::Acquire) > 1 {
             // Other commands of this queue are still running as separate tasks: let those
             // already runnable finish and queue their replies, so that one send carries many
             // (fewer system calls per I/O under load). With nothing else in flight (queue
