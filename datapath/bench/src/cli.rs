@@ -24,14 +24,32 @@ pub enum Command {
     /// 127.0.0.1 with a RAM namespace, or external with --target/--nqn), against a bare TCP
     /// request/response baseline with the same message sizes and concurrency.
     Target(TargetArgs),
+    /// 4 KiB random I/O through the Rust host to an in-process target serving a 2-replica
+    /// mirror (one local RAM replica, one remote RAM replica on a second in-process target over
+    /// loopback), against the same target serving a 1-replica mirror (one local RAM replica).
+    Mirror(MirrorArgs),
+    /// Full rebuild of a new remote replica (over loopback NVMe/TCP) of a filled mirror,
+    /// against a bare TCP stream of the same number of bytes over loopback.
+    Rebuild(RebuildArgs),
 }
 
 impl Command {
-    /// The load options of whichever benchmark was chosen.
-    pub fn load(&self) -> &LoadArgs {
-        match self {
-            Command::Target(a) => &a.load,
-        }
+    /// Worker threads of the tokio runtime for whichever benchmark was chosen.
+    pub fn threads(&self) -> usize {
+        let threads = match self {
+            Command::Target(a) => a.load.threads,
+            Command::Mirror(a) => a.load.threads,
+            Command::Rebuild(a) => a.threads,
+        };
+        runtime_threads(threads)
+    }
+}
+
+/// `--threads`, or the number of CPUs.
+fn runtime_threads(threads: Option<u32>) -> usize {
+    match threads {
+        Some(n) => n as usize,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     }
 }
 
@@ -59,16 +77,6 @@ pub struct LoadArgs {
     /// Worker threads of the tokio runtime everything runs on [default: the number of CPUs].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub threads: Option<u32>,
-}
-
-impl LoadArgs {
-    /// The runtime's worker thread count.
-    pub fn threads(&self) -> usize {
-        match self.threads {
-            Some(n) => n as usize,
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        }
-    }
 }
 
 /// Which random I/O to run.
@@ -151,6 +159,46 @@ pub struct TargetArgs {
     pub prefill: bool,
 }
 
+/// Options of `ferrite-bench mirror`.
+#[derive(Args, Debug, Clone)]
+pub struct MirrorArgs {
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// Volume size (each RAM replica is this plus the mirror's 1 MiB label reserve; three RAM
+    /// devices are allocated and filled).
+    #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+    pub size: u64,
+    /// I/O queues (one TCP connection each) of the host's controller to each volume.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub io_queues: u16,
+    /// I/O queues of the mirror's connection to its remote replica.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub replica_io_queues: u16,
+}
+
+/// Options of `ferrite-bench rebuild`.
+#[derive(Args, Debug, Clone)]
+pub struct RebuildArgs {
+    /// Bytes to rebuild (the mirror's volume size) and to stream over TCP.
+    #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+    pub size: u64,
+    /// TCP-stream/rebuild pairs to run, alternating; medians are reported.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub rounds: u32,
+    /// Bytes per write (and per read buffer) of the TCP stream.
+    #[arg(long, default_value = "1MiB", value_parser = parse_size)]
+    pub chunk: u64,
+    /// Dirty-region (and rebuild copy) size of the mirror.
+    #[arg(long, default_value = "1MiB", value_parser = parse_size)]
+    pub region_size: u64,
+    /// I/O queues of the mirror's connection to the new remote replica.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub replica_io_queues: u16,
+    /// Worker threads of the tokio runtime everything runs on [default: the number of CPUs].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub threads: Option<u32>,
+}
+
 /// Parses `10s`, `500ms`, `250us`, `2m`, or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
@@ -196,7 +244,9 @@ mod tests {
     #[test]
     fn target_command_defaults() {
         let cli = Cli::try_parse_from(["ferrite-bench", "target"]).unwrap();
-        let Command::Target(a) = cli.command;
+        let Command::Target(a) = cli.command else {
+            panic!("not target")
+        };
         assert_eq!(a.load.qd, 32);
         assert_eq!(a.load.duration, Duration::from_secs(10));
         assert_eq!(a.load.warmup, Duration::from_secs(2));
@@ -226,9 +276,83 @@ mod tests {
             "both",
         ])
         .unwrap();
-        let Command::Target(a) = cli.command;
+        let Command::Target(a) = cli.command else {
+            panic!("not target")
+        };
         assert_eq!(a.nqn.as_deref(), Some("nqn.2024-01.dev.ferrite:vol1"));
         assert_eq!(a.load.workload.ops(), vec![Op::Write]);
         assert!(a.digests.header() && a.digests.data());
+    }
+
+    #[test]
+    fn mirror_command() {
+        let cli = Cli::try_parse_from(["ferrite-bench", "mirror"]).unwrap();
+        let Command::Mirror(a) = &cli.command else {
+            panic!("not mirror")
+        };
+        assert_eq!(a.load.qd, 32);
+        assert_eq!(a.load.rounds, 3);
+        assert_eq!(a.size, 256 << 20);
+        assert_eq!(a.io_queues, 1);
+        assert_eq!(a.replica_io_queues, 2);
+        let cli = Cli::try_parse_from([
+            "ferrite-bench",
+            "mirror",
+            "--qd",
+            "8",
+            "--duration",
+            "3s",
+            "--rounds",
+            "5",
+            "--workload",
+            "randwrite",
+            "--size",
+            "64MiB",
+            "--threads",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!(cli.command.threads(), 2);
+        let Command::Mirror(a) = cli.command else {
+            panic!("not mirror")
+        };
+        assert_eq!(a.load.qd, 8);
+        assert_eq!(a.load.duration, Duration::from_secs(3));
+        assert_eq!(a.load.rounds, 5);
+        assert_eq!(a.load.workload.ops(), vec![Op::Write]);
+        assert_eq!(a.size, 64 << 20);
+        assert!(Cli::try_parse_from(["ferrite-bench", "mirror", "--qd", "0"]).is_err());
+        assert!(Cli::try_parse_from(["ferrite-bench", "mirror", "--target", "x"]).is_err());
+    }
+
+    #[test]
+    fn rebuild_command() {
+        let cli = Cli::try_parse_from(["ferrite-bench", "rebuild"]).unwrap();
+        let Command::Rebuild(a) = &cli.command else {
+            panic!("not rebuild")
+        };
+        assert_eq!(a.size, 256 << 20);
+        assert_eq!(a.rounds, 3);
+        assert_eq!(a.chunk, 1 << 20);
+        assert_eq!(a.region_size, 1 << 20);
+        assert!(a.threads.is_none());
+        let cli = Cli::try_parse_from([
+            "ferrite-bench",
+            "rebuild",
+            "--size",
+            "1GiB",
+            "--rounds",
+            "1",
+            "--threads",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!(cli.command.threads(), 3);
+        let Command::Rebuild(a) = cli.command else {
+            panic!("not rebuild")
+        };
+        assert_eq!((a.size, a.rounds), (1 << 30, 1));
+        assert!(Cli::try_parse_from(["ferrite-bench", "rebuild", "--qd", "4"]).is_err());
+        assert!(Cli::try_parse_from(["ferrite-bench", "rebuild", "--rounds", "0"]).is_err());
     }
 }

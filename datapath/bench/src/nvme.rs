@@ -28,13 +28,13 @@ use crate::report;
 /// Subsystem NQN of the in-process target.
 pub const BENCH_NQN: &str = "nqn.2024-01.dev.ferrite:bench";
 /// Block size of the in-process RAM namespace.
-const RAM_BLOCK_SIZE: u32 = 4096;
+pub(crate) const RAM_BLOCK_SIZE: u32 = 4096;
 /// Bytes per write when filling a namespace.
 const FILL_CHUNK: u64 = 1 << 20;
 /// Fill writes kept in flight on an external target.
 const FILL_DEPTH: usize = 16;
 /// Most commands the host keeps outstanding per I/O queue (the target's CAP.MQES + 1).
-const MAX_QUEUE_DEPTH: u32 = 128;
+pub(crate) const MAX_QUEUE_DEPTH: u32 = 128;
 const LABELS: Labels = Labels {
     reference: "baseline",
     candidate: "target",
@@ -226,14 +226,14 @@ async fn connect(addr: SocketAddr, nqn: &str, args: &TargetArgs) -> Result<Vec<A
 }
 
 /// A recognisable non-zero pattern (a sparse RAM device skips all-zero writes).
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
+pub(crate) fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| ((i % 251) as u8).wrapping_add(seed) | 1)
         .collect()
 }
 
 /// Writes the whole device once, directly.
-async fn fill_local(device: &dyn BlockDevice) -> Result<()> {
+pub(crate) async fn fill_local(device: &dyn BlockDevice) -> Result<()> {
     let bs = u64::from(device.block_size());
     let size = device.size_bytes();
     let full = IoBuf::from_slice(&pattern(FILL_CHUNK as usize, 7));
@@ -277,18 +277,18 @@ async fn fill_remote(ctrl: &Arc<Controller>, nsid: u32, block_size: u32, range: 
 }
 
 /// Random I/O on the namespace through the host.
-struct NvmeDriver {
-    ctrls: Vec<Arc<Controller>>,
-    nsid: u32,
+pub(crate) struct NvmeDriver {
+    pub(crate) ctrls: Vec<Arc<Controller>>,
+    pub(crate) nsid: u32,
     /// Number of `bs`-aligned I/O positions in the tested range.
-    slots: u64,
-    blocks_per_io: u32,
-    bs: usize,
-    seed: u64,
+    pub(crate) slots: u64,
+    pub(crate) blocks_per_io: u32,
+    pub(crate) bs: usize,
+    pub(crate) seed: u64,
 }
 
 /// A worker's controller, random state and write data.
-struct NvmeWorker {
+pub(crate) struct NvmeWorker {
     ctrl: Arc<Controller>,
     rng: SmallRng,
     op: Op,
@@ -345,7 +345,9 @@ mod tests {
             "2",
         ])
         .unwrap();
-        let crate::cli::Command::Target(args) = cli.command;
+        let crate::cli::Command::Target(args) = cli.command else {
+            panic!("not target")
+        };
         let ctrls = connect(addr, BENCH_NQN, &args).await.unwrap();
         assert_eq!(ctrls[0].io_queue_count(), 2);
         let driver = Arc::new(NvmeDriver {

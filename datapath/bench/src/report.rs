@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use crate::compare::{Comparison, Labels};
-use crate::stats::Summary;
+use crate::stats::{Summary, Transfer};
 
 /// Prints one phase's figures.
 pub fn round(workload: &str, side: &str, round: usize, s: &Summary) {
@@ -119,9 +119,129 @@ pub fn results(
         .collect()
 }
 
+/// Prints one timed transfer (a `rebuild` round of either side).
+pub fn transfer_round(bench: &str, side: &str, round: usize, t: &Transfer) -> String {
+    format!(
+        "ROUND bench={bench} side={side} round={round} bytes={} secs={:.3} mib_s={:.1} \
+         cpu_ms_per_gib={:.1} cpu_cores={:.2}",
+        t.bytes,
+        t.secs,
+        t.mib_s(),
+        t.cpu_ms_per_gib(),
+        t.cpu_cores()
+    )
+}
+
+/// The `rebuild` summary: a short table of the medians (with each side's MiB/s range over the
+/// rounds) and the `RESULT` line. `reference` and `candidate` are every round of each side.
+pub fn transfer_result(
+    labels: Labels,
+    params: &[(&str, String)],
+    reference: &[Transfer],
+    candidate: &[Transfer],
+) -> (String, String) {
+    let (r, c) = (Transfer::median(reference), Transfer::median(candidate));
+    let ratio = if r.mib_s() > 0.0 {
+        c.mib_s() / r.mib_s()
+    } else {
+        0.0
+    };
+    let cpu_ratio = if r.cpu_ms_per_gib() > 0.0 {
+        c.cpu_ms_per_gib() / r.cpu_ms_per_gib()
+    } else {
+        0.0
+    };
+    let mut table = String::new();
+    let _ = writeln!(
+        table,
+        "{:<9} {:>12} {:>9} {:>9} {:>12} {:>6}  {:<17}",
+        "side", "bytes", "secs", "MiB/s", "CPU ms/GiB", "cores", "MiB/s min..max"
+    );
+    for (side, med, rounds) in [
+        (labels.reference, &r, reference),
+        (labels.candidate, &c, candidate),
+    ] {
+        let (lo, hi) = rounds.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), t| {
+            (lo.min(t.mib_s()), hi.max(t.mib_s()))
+        });
+        let _ = writeln!(
+            table,
+            "{:<9} {:>12} {:>9.3} {:>9.1} {:>12.1} {:>6.2}  {:.1}..{:.1}",
+            side,
+            med.bytes,
+            med.secs,
+            med.mib_s(),
+            med.cpu_ms_per_gib(),
+            med.cpu_cores(),
+            lo,
+            hi
+        );
+    }
+    let _ = writeln!(
+        table,
+        "{}/{} throughput = {:.3}   CPU per byte = {:.2}x",
+        labels.candidate, labels.reference, ratio, cpu_ratio
+    );
+    let (rl, cl) = (labels.reference, labels.candidate);
+    let mut line = String::from("RESULT");
+    for (k, v) in params {
+        let _ = write!(line, " {k}={v}");
+    }
+    let _ = write!(
+        line,
+        " {cl}_mib_s={:.1} {rl}_mib_s={:.1} ratio={:.3} {cl}_secs={:.3} {rl}_secs={:.3} \
+         {cl}_cpu_ms_per_gib={:.1} {rl}_cpu_ms_per_gib={:.1} cpu_ratio={:.3} {cl}_cpu_cores={:.2} {rl}_cpu_cores={:.2}",
+        c.mib_s(),
+        r.mib_s(),
+        ratio,
+        c.secs,
+        r.secs,
+        c.cpu_ms_per_gib(),
+        r.cpu_ms_per_gib(),
+        cpu_ratio,
+        c.cpu_cores(),
+        r.cpu_cores()
+    );
+    (table, line)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transfer_lines() {
+        let t = |secs: f64| Transfer {
+            bytes: 256 << 20,
+            secs,
+            cpu_secs: secs / 2.0,
+        };
+        assert_eq!(
+            transfer_round("rebuild", "tcp", 2, &t(0.25)),
+            "ROUND bench=rebuild side=tcp round=2 bytes=268435456 secs=0.250 mib_s=1024.0 \
+             cpu_ms_per_gib=500.0 cpu_cores=0.50"
+        );
+        let labels = Labels {
+            reference: "tcp",
+            candidate: "rebuild",
+        };
+        let (table, line) = transfer_result(
+            labels,
+            &[("bench", "rebuild".into()), ("size", "268435456".into())],
+            &[t(0.25), t(0.5), t(0.2)],
+            &[t(1.0), t(2.0), t(0.5)],
+        );
+        assert!(
+            line.starts_with(
+                "RESULT bench=rebuild size=268435456 rebuild_mib_s=256.0 tcp_mib_s=1024.0 ratio=0.250 \
+                 rebuild_secs=1.000 tcp_secs=0.250 rebuild_cpu_ms_per_gib=2000.0 tcp_cpu_ms_per_gib=500.0 \
+                 cpu_ratio=4.000 "
+            ),
+            "{line}"
+        );
+        assert!(table.contains("rebuild/tcp throughput = 0.250"), "{table}");
+        assert!(table.contains("512.0..1280.0"), "{table}");
+    }
 
     fn summary(iops: f64, p50: f64) -> Summary {
         Summary {

@@ -118,6 +118,53 @@ impl Summary {
     }
 }
 
+/// One timed bulk transfer (a rebuild or a TCP stream): bytes moved, wall time, process CPU time.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Transfer {
+    pub bytes: u64,
+    pub secs: f64,
+    pub cpu_secs: f64,
+}
+
+impl Transfer {
+    /// Throughput in MiB/s.
+    pub fn mib_s(&self) -> f64 {
+        if self.secs > 0.0 {
+            self.bytes as f64 / (1024.0 * 1024.0) / self.secs
+        } else {
+            0.0
+        }
+    }
+
+    /// Process CPU time per GiB moved, in ms.
+    pub fn cpu_ms_per_gib(&self) -> f64 {
+        if self.bytes > 0 {
+            self.cpu_secs * 1e3 * (1u64 << 30) as f64 / self.bytes as f64
+        } else {
+            0.0
+        }
+    }
+
+    /// Cores the process kept busy on average.
+    pub fn cpu_cores(&self) -> f64 {
+        if self.secs > 0.0 {
+            self.cpu_secs / self.secs
+        } else {
+            0.0
+        }
+    }
+
+    /// The field-wise median over rounds.
+    pub fn median(all: &[Transfer]) -> Transfer {
+        let m = |f: fn(&Transfer) -> f64| median(&all.iter().map(f).collect::<Vec<_>>());
+        Transfer {
+            bytes: m(|t| t.bytes as f64).round() as u64,
+            secs: m(|t| t.secs),
+            cpu_secs: m(|t| t.cpu_secs),
+        }
+    }
+}
+
 /// CPU time (user + system) used so far by this process, or `None` if it cannot be read.
 pub fn process_cpu_time() -> Option<Duration> {
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
@@ -193,6 +240,29 @@ mod tests {
         }
         std::hint::black_box(x);
         assert!(process_cpu_time().unwrap() > a);
+    }
+
+    #[test]
+    fn transfers() {
+        let t = Transfer {
+            bytes: 256 << 20,
+            secs: 0.5,
+            cpu_secs: 0.25,
+        };
+        assert!((t.mib_s() - 512.0).abs() < 1e-9);
+        assert!((t.cpu_ms_per_gib() - 1000.0).abs() < 1e-9);
+        assert!((t.cpu_cores() - 0.5).abs() < 1e-9);
+        assert_eq!(Transfer::default().mib_s(), 0.0);
+        let m = Transfer::median(&[
+            t,
+            Transfer { secs: 2.0, ..t },
+            Transfer {
+                secs: 1.0,
+                cpu_secs: 1.0,
+                ..t
+            },
+        ]);
+        assert_eq!((m.bytes, m.secs, m.cpu_secs), (256 << 20, 1.0, 0.25));
     }
 
     #[test]
