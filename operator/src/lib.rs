@@ -8,11 +8,18 @@
 //! - [`conditions`]: condition types, reasons, finalizer names and the condition upsert.
 //! - [`names`]: pool names on nodes and NQNs.
 //!
-//! The reconcilers that apply the decisions against the API server and the nodes' gRPC API,
-//! the CSI controller service and leader election come later; they reach nodes only through
-//! `ferrite-api`, never through datapath crates.
+//! - [`reconcile`]: the controllers for FerriteNode, StoragePool and Volume, which carry the
+//!   decisions out through the nodes' gRPC API ([`node_api`]).
+//! - [`csi`]: the CSI Identity and Controller services over Volume objects.
+//! - [`leader`]: leader election with a `coordination.k8s.io/v1` Lease.
+//!
+//! Nodes are reached only through `ferrite-api`, never through datapath crates.
 
 pub mod conditions;
 pub mod crd;
+pub mod csi;
 pub mod decisions;
+pub mod leader;
 pub mod names;
+pub mod node_api;
+pub mod reconcile;

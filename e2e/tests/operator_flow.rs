@@ -1,0 +1,298 @@
+//! The whole control plane against a real Kubernetes 1.20 API server (the `e2e/kube` bed)
+//! and two real `ferrite-datapath` processes (node API on `--grpc`, state in
+//! `--state-dir`): StoragePools come Online with capacity; CSI CreateVolume over the
+//! operator's CSI endpoint gives a Volume with 2 replicas on different nodes, Online; the
+//! returned context, published to this host's NQN, connects with the Rust NVMe/TCP host
+//! and does I/O; the replica node killed with SIGKILL makes the Volume Degraded (with an
+//! Event) and restarted brings it back Online; the operator restarted converges; DeleteVolume
+//! removes the target and replicas from the nodes. Skipped when the bed is not prepared.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferrite_api::csi::v1 as csi;
+use ferrite_api::csi::v1::controller_client::ControllerClient;
+use ferrite_api::csi::v1::volume_capability::{AccessMode, AccessType, BlockVolume, access_mode::Mode};
+use ferrite_api::node::v1 as pb;
+use ferrite_api::node::v1::node_client::NodeClient;
+use ferrite_block::{BlockDevice, IoBuf};
+use ferrite_e2e::kube::{KubeBed, OperatorProcess, operator_binary};
+use ferrite_host::{Controller, HostOptions, RemoteNamespace};
+
+const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:5a1e0b7c-0c3f-4d6a-9b1e-0f1e2d3c4b5a";
+
+/// One datapath process; SIGKILLed when dropped.
+struct Node {
+    child: Option<Child>,
+    name: &'static str,
+    ip: &'static str,
+}
+
+impl Node {
+    fn start(bin: &Path, name: &'static str, ip: &'static str, dir: &Path) -> Node {
+        let mut n = Node { child: None, name, ip };
+        n.spawn(bin, dir);
+        n
+    }
+
+    fn spawn(&mut self, bin: &Path, dir: &Path) {
+        let config = dir.join(format!("{}.yaml", self.name));
+        std::fs::write(&config, format!("node: {{name: {}}}\n", self.name)).expect("config");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(format!("{}.log", self.name)))
+            .expect("log");
+        let child = Command::new(bin)
+            .arg("--config")
+            .arg(&config)
+            .args(["--listen", &format!("{}:4420", self.ip)])
+            .args(["--grpc", &format!("{}:9500", self.ip)])
+            .args(["--http", &format!("{}:9420", self.ip)])
+            .arg("--state-dir")
+            .arg(dir.join(format!("{}-state", self.name)))
+            .args(["--log-level", "info"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start datapath");
+        self.child = Some(child);
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}:9500", self.ip)
+    }
+
+    async fn client(&self) -> NodeClient<tonic::transport::Channel> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match NodeClient::connect(self.url()).await {
+                Ok(c) => return c,
+                Err(e) if Instant::now() > deadline => panic!("node API of {} not up: {e}", self.name),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn jsonpath(bed: &KubeBed, kind: &str, name: &str, path: &str) -> String {
+    bed.kubectl(&["get", kind, name, "-o", &format!("jsonpath={path}")])
+        .ok()
+        .filter(|r| r.ok)
+        .map(|r| r.stdout)
+        .unwrap_or_default()
+}
+
+async fn wait_eq(bed: &Arc<KubeBed>, kind: &str, name: &str, path: &str, want: &str, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let (b, k, n, p) = (bed.clone(), kind.to_string(), name.to_string(), path.to_string());
+        let got = tokio::task::spawn_blocking(move || jsonpath(&b, &k, &n, &p)).await.unwrap_or_default();
+        if got == want {
+            return;
+        }
+        if Instant::now() > deadline {
+            let logs: String = std::fs::read_dir(bed.dir())
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("operator-"))
+                .map(|e| {
+                    let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                    let tail: Vec<&str> = text.lines().rev().take(25).collect();
+                    format!("--- {:?}\n{}", e.file_name(), tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+                })
+                .collect();
+            panic!("{kind}/{name} {path}: want {want:?}, got {got:?} after {secs}s\n{logs}");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+fn pattern(seed: u8) -> Vec<u8> {
+    (0..64 * 1024).map(|i: usize| (i as u8).wrapping_mul(7).wrapping_add(seed)).collect()
+}
+
+async fn connect(ctx: &std::collections::HashMap<String, String>) -> (Arc<Controller>, RemoteNamespace) {
+    let target = ctx["targets"].split(',').next().unwrap_or_default();
+    let addr: SocketAddr = target.parse().expect("target address");
+    let opts = HostOptions { hostnqn: HOST.into(), ..HostOptions::default() };
+    let ctrl = Arc::new(Controller::connect(addr, &ctx["nqn"], opts).await.expect("connect to the volume"));
+    let ns = RemoteNamespace::new(ctrl.clone(), ctx["nsid"].parse().unwrap_or(1)).await.expect("namespace");
+    (ctrl, ns)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_flow_with_real_datapaths() {
+    if !KubeBed::available() {
+        eprintln!("skipped: the kube bed is not prepared (e2e/kube/prepare.sh)");
+        return;
+    }
+    let (bed, op_bin, dp_bin) = tokio::task::spawn_blocking(|| {
+        let dp = ferrite_e2e::datapath::binary().expect("datapath binary");
+        let op = operator_binary().expect("operator binary");
+        let bed = KubeBed::start().expect("start bed");
+        bed.install_crds().expect("crds");
+        (Arc::new(bed), op, dp)
+    })
+    .await
+    .expect("setup");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path();
+    let mut a = Node::start(&dp_bin, "a", "127.0.35.1", dir);
+    let mut b = Node::start(&dp_bin, "b", "127.0.35.2", dir);
+    a.client().await;
+    b.client().await;
+
+    let objects = format!(
+        "apiVersion: ferrite.dev/v1alpha1\nkind: FerriteNode\nmetadata: {{name: a}}\nspec: {{apiEndpoint: '{}'}}\n---\n\
+         apiVersion: ferrite.dev/v1alpha1\nkind: FerriteNode\nmetadata: {{name: b}}\nspec: {{apiEndpoint: '{}'}}\n---\n\
+         apiVersion: ferrite.dev/v1alpha1\nkind: StoragePool\nmetadata: {{name: pa}}\nspec: {{node: a, disks: ['file:{}/a0.img:256MiB']}}\n---\n\
+         apiVersion: ferrite.dev/v1alpha1\nkind: StoragePool\nmetadata: {{name: pb}}\nspec: {{node: b, disks: ['file:{}/b0.img:256MiB']}}\n",
+        a.url(),
+        b.url(),
+        dir.display(),
+        dir.display()
+    );
+    let r = bed.kubectl_stdin(&["apply", "-f", "-"], &objects).expect("kubectl");
+    assert!(r.ok, "{}", r.stderr);
+    let port = ferrite_e2e::free_port().expect("port");
+    let csi_args = vec![
+        "--csi-endpoint".to_string(),
+        format!("tcp://127.0.0.1:{port}"),
+        "--csi-wait-secs".into(),
+        "60".into(),
+    ];
+    let mut op = OperatorProcess::start(&bed, &op_bin, 1, &csi_args).expect("operator");
+
+    wait_eq(&bed, "storagepool", "pa", "{.status.phase}", "Online", 90).await;
+    wait_eq(&bed, "storagepool", "pb", "{.status.phase}", "Online", 30).await;
+    let cap: u64 = jsonpath(&bed, "storagepool", "pa", "{.status.capacityBytes}").parse().unwrap_or(0);
+    assert!(cap > 200 << 20, "capacity {cap}");
+    wait_eq(&bed, "fnode", "b", "{.status.phase}", "Ready", 30).await;
+
+    // CSI CreateVolume over the operator's endpoint.
+    let mut c = {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match ControllerClient::connect(format!("http://127.0.0.1:{port}")).await {
+                Ok(c) => break c,
+                Err(e) if Instant::now() > deadline => panic!("CSI endpoint: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    };
+    let cap = csi::VolumeCapability {
+        access_mode: Some(AccessMode { mode: Mode::SingleNodeWriter as i32 }),
+        access_type: Some(AccessType::Block(BlockVolume {})),
+    };
+    let vol = c
+        .create_volume(csi::CreateVolumeRequest {
+            name: "pvc-flow".into(),
+            capacity_range: Some(csi::CapacityRange { required_bytes: 64 << 20, limit_bytes: 0 }),
+            volume_capabilities: vec![cap.clone()],
+            parameters: [("replicas".to_string(), "2".to_string())].into(),
+            ..Default::default()
+        })
+        .await
+        .expect("CreateVolume")
+        .into_inner()
+        .volume
+        .expect("volume");
+    assert_eq!(vol.volume_id, "pvc-flow");
+    wait_eq(&bed, "volume", "pvc-flow", "{.status.state}", "Online", 60).await;
+    let nodes = jsonpath(&bed, "volume", "pvc-flow", "{.status.replicas[*].node}");
+    let mut ns: Vec<&str> = nodes.split_whitespace().collect();
+    ns.sort();
+    assert_eq!(ns, ["a", "b"]);
+    let uuids = jsonpath(&bed, "volume", "pvc-flow", "{.status.replicas[*].uuid}");
+    let target = jsonpath(&bed, "volume", "pvc-flow", "{.status.targetNode}");
+
+    // Publish to this host and do I/O through the Rust host.
+    let p = c
+        .controller_publish_volume(csi::ControllerPublishVolumeRequest {
+            volume_id: "pvc-flow".into(),
+            node_id: HOST.into(),
+            volume_capability: Some(cap.clone()),
+            ..Default::default()
+        })
+        .await
+        .expect("publish")
+        .into_inner();
+    let (ctrl, nsp) = connect(&p.publish_context).await;
+    nsp.write(8, IoBuf::from_slice(&pattern(1)), false).await.expect("write");
+    let back = nsp.read(8, 16).await.expect("read");
+    assert!(back[..] == pattern(1)[..], "read back differs");
+
+    // SIGKILL the replica node (not the target): Degraded + Event; restarted: Online.
+    let (victim, other) = if target == "a" { (&mut b, &a) } else { (&mut a, &b) };
+    let _ = other;
+    victim.kill9();
+    // Writes make the target's mirror notice the lost leg.
+    for i in 0..20u64 {
+        let _ = nsp.write(64 + i * 16, IoBuf::from_slice(&pattern(2)), false).await;
+    }
+    wait_eq(&bed, "volume", "pvc-flow", "{.status.state}", "Degraded", 60).await;
+    let events = bed
+        .kubectl_ok(&["get", "events.events.k8s.io", "-A", "-o", "jsonpath={.items[*].reason}"])
+        .unwrap_or_default();
+    assert!(events.contains("VolumeDegraded"), "events: {events}");
+    victim.spawn(&dp_bin, dir);
+    wait_eq(&bed, "volume", "pvc-flow", "{.status.state}", "Online", 120).await;
+
+    // The operator restarted converges to the same placement.
+    op.kill();
+    let op2 = OperatorProcess::start(&bed, &op_bin, 2, &csi_args).expect("operator again");
+    wait_eq(&bed, "lease", "ferrite-operator", "{.spec.holderIdentity}", "op-2", 45).await;
+    wait_eq(&bed, "volume", "pvc-flow", "{.status.state}", "Online", 60).await;
+    assert_eq!(jsonpath(&bed, "volume", "pvc-flow", "{.status.replicas[*].uuid}"), uuids);
+    let back = nsp.read(64, 16).await.expect("read after repair");
+    assert!(back[..] == pattern(2)[..], "data written while degraded lost");
+    drop(nsp);
+    drop(ctrl);
+
+    // DeleteVolume removes everything from the nodes (new CSI connection: operator 2).
+    let mut c = {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match ControllerClient::connect(format!("http://127.0.0.1:{port}")).await {
+                Ok(c) => break c,
+                Err(e) if Instant::now() > deadline => panic!("CSI endpoint: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    };
+    c.controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest {
+        volume_id: "pvc-flow".into(),
+        node_id: HOST.into(),
+        ..Default::default()
+    })
+    .await
+    .expect("unpublish");
+    c.delete_volume(csi::DeleteVolumeRequest { volume_id: "pvc-flow".into(), ..Default::default() })
+        .await
+        .expect("DeleteVolume");
+    for n in [&a, &b] {
+        let mut nc = n.client().await;
+        let vols = nc.list_volumes(pb::ListVolumesRequest {}).await.expect("ListVolumes").into_inner();
+        let reps = nc.list_replicas(pb::ListReplicasRequest {}).await.expect("ListReplicas").into_inner();
+        assert!(vols.volumes.is_empty() && reps.replicas.is_empty(), "left on {}: {vols:?} {reps:?}", n.name);
+    }
+    drop(op2);
+}

@@ -1,0 +1,555 @@
+//! The CSI Identity and Controller services. Volumes are `Volume` objects (the reconcilers
+//! do the work); publish/unpublish set the target's allowed hosts through the node API.
+//!
+//! - `CreateVolume`: idempotent by name (Volume named by [`volume_name`], with the CSI name
+//!   in an annotation; same name with another size or replica count: ALREADY_EXISTS). Waits
+//!   up to `wait` for the Volume to be Ready; still not: UNAVAILABLE (the provisioner
+//!   retries), unplaceable: RESOURCE_EXHAUSTED with placement's reason. The volume context
+//!   holds `nqn`, `targets` and `nsid`.
+//! - `DeleteVolume`: deletes the Volume and waits for its finalizer (target and replicas
+//!   destroyed); still there after `wait`: UNAVAILABLE.
+//! - `ControllerPublishVolume` / `Unpublish`: `SetVolumeHosts` on the target node adding or
+//!   removing `node_id` (the node's host NQN); the publish context repeats the location.
+//! - `ControllerExpandVolume`: UNIMPLEMENTED, and EXPAND_VOLUME is not advertised (replicas
+//!   and the mirror cannot grow online yet).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferrite_api::csi::v1 as csi;
+use ferrite_api::csi::v1::controller_server::Controller;
+use ferrite_api::csi::v1::identity_server::Identity;
+use ferrite_api::node::v1 as node;
+use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
+use kube::{Api, Client};
+use tonic::{Request, Response, Status};
+
+use super::params::{
+    CSI_NAME_ANNOTATION, PREFERRED_TARGET_ANNOTATION, check_capabilities, preferred_node, size_for,
+    volume_name, volume_spec,
+};
+use crate::conditions::SCHEDULED;
+use crate::crd::{FerriteNode, PoolPhase, StoragePool, Volume, VolumeState};
+use crate::node_api::NodeClients;
+
+/// The controller's state.
+pub struct ControllerService {
+    client: Client,
+    nodes: NodeClients,
+    driver_name: String,
+    /// How long CreateVolume / DeleteVolume wait before asking the sidecar to retry.
+    pub wait: Duration,
+}
+
+impl ControllerService {
+    /// A controller for `driver_name` using `client`.
+    pub fn new(client: Client, driver_name: &str) -> Arc<ControllerService> {
+        Arc::new(ControllerService {
+            client,
+            nodes: NodeClients::default(),
+            driver_name: driver_name.into(),
+            wait: Duration::from_secs(8),
+        })
+    }
+
+    fn volumes(&self) -> Api<Volume> {
+        Api::all(self.client.clone())
+    }
+}
+
+/// Identity and Controller as one tonic service pair sharing the state.
+#[derive(Clone)]
+pub struct Csi(pub Arc<ControllerService>);
+
+fn kube_err(e: kube::Error) -> Status {
+    match &e {
+        kube::Error::Api(s) if s.code == 404 => Status::not_found(e.to_string()),
+        kube::Error::Api(s) if s.code == 409 => Status::aborted(e.to_string()),
+        _ => Status::unavailable(format!("Kubernetes API: {e}")),
+    }
+}
+
+/// Whether hosts can do I/O on the volume.
+fn ready(v: &Volume) -> bool {
+    matches!(
+        v.status.as_ref().and_then(|s| s.state),
+        Some(VolumeState::Online | VolumeState::Degraded | VolumeState::Rebuilding)
+    )
+}
+
+/// The volume/publish context: `nqn`, `targets`, `nsid`.
+pub fn context(v: &Volume) -> Option<HashMap<String, String>> {
+    let st = v.status.as_ref()?;
+    let nqn = st.nqn.clone()?;
+    if st.endpoints.is_empty() {
+        return None;
+    }
+    let targets = st
+        .endpoints
+        .iter()
+        .map(|e| {
+            if e.address.contains(':') {
+                format!("[{}]:{}", e.address, e.port)
+            } else {
+                format!("{}:{}", e.address, e.port)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    Some(HashMap::from([
+        (ferrite_api::context::NQN.to_string(), nqn),
+        (ferrite_api::context::TARGETS.to_string(), targets),
+        (ferrite_api::context::NSID.to_string(), "1".to_string()),
+    ]))
+}
+
+fn csi_volume(v: &Volume) -> csi::Volume {
+    csi::Volume {
+        capacity_bytes: v.spec.size_bytes,
+        volume_id: v.metadata.name.clone().unwrap_or_default(),
+        volume_context: context(v).unwrap_or_default(),
+        content_source: None,
+        accessible_topology: vec![],
+    }
+}
+
+#[tonic::async_trait]
+impl Identity for Csi {
+    async fn get_plugin_info(
+        &self,
+        _: Request<csi::GetPluginInfoRequest>,
+    ) -> Result<Response<csi::GetPluginInfoResponse>, Status> {
+        Ok(Response::new(csi::GetPluginInfoResponse {
+            name: self.0.driver_name.clone(),
+            vendor_version: env!("CARGO_PKG_VERSION").into(),
+            manifest: [("component".to_string(), "controller".to_string())].into(),
+        }))
+    }
+
+    async fn get_plugin_capabilities(
+        &self,
+        _: Request<csi::GetPluginCapabilitiesRequest>,
+    ) -> Result<Response<csi::GetPluginCapabilitiesResponse>, Status> {
+        use csi::plugin_capability::{Service, Type, service};
+        let svc = |t: service::Type| csi::PluginCapability {
+            r#type: Some(Type::Service(Service { r#type: t as i32 })),
+        };
+        Ok(Response::new(csi::GetPluginCapabilitiesResponse {
+            capabilities: vec![
+                svc(service::Type::ControllerService),
+                svc(service::Type::VolumeAccessibilityConstraints),
+            ],
+        }))
+    }
+
+    async fn probe(
+        &self,
+        _: Request<csi::ProbeRequest>,
+    ) -> Result<Response<csi::ProbeResponse>, Status> {
+        self.0.client.apiserver_version().await.map_err(kube_err)?;
+        Ok(Response::new(csi::ProbeResponse { ready: Some(true) }))
+    }
+}
+
+impl Csi {
+    /// The target node's API client and the volume's uid.
+    async fn target(
+        &self,
+        v: &Volume,
+    ) -> Result<
+        (
+            node::node_client::NodeClient<tonic::transport::Channel>,
+            String,
+        ),
+        Status,
+    > {
+        let st = v.status.clone().unwrap_or_default();
+        let target = st
+            .target_node
+            .ok_or_else(|| Status::unavailable("volume has no target node yet"))?;
+        let n = Api::<FerriteNode>::all(self.0.client.clone())
+            .get(&target)
+            .await
+            .map_err(kube_err)?;
+        let c = self.0.nodes.client(&n.spec.api_endpoint)?;
+        let uid = v.metadata.uid.clone().unwrap_or_default();
+        Ok((c, uid))
+    }
+
+    async fn set_host(&self, v: &Volume, host: &str, add: bool) -> Result<(), Status> {
+        let (mut c, uid) = self.target(v).await?;
+        let current = c
+            .get_volume(node::GetVolumeRequest { uuid: uid.clone() })
+            .await
+            .map_err(|s| Status::unavailable(format!("target: {}", s.message())))?
+            .into_inner();
+        let mut hosts = current.allowed_hosts;
+        let present = hosts.iter().any(|h| h == host);
+        if add == present {
+            return Ok(());
+        }
+        if add {
+            hosts.push(host.to_string());
+        } else {
+            hosts.retain(|h| h != host);
+        }
+        c.set_volume_hosts(node::SetVolumeHostsRequest {
+            uuid: uid,
+            allowed_hosts: hosts,
+        })
+        .await
+        .map_err(|s| Status::unavailable(format!("SetVolumeHosts: {}", s.message())))?;
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl Controller for Csi {
+    async fn create_volume(
+        &self,
+        req: Request<csi::CreateVolumeRequest>,
+    ) -> Result<Response<csi::CreateVolumeResponse>, Status> {
+        let req = req.into_inner();
+        if req.name.is_empty() {
+            return Err(Status::invalid_argument("name missing"));
+        }
+        check_capabilities(&req.volume_capabilities).map_err(Status::invalid_argument)?;
+        if req.volume_content_source.is_some() {
+            return Err(Status::invalid_argument(
+                "volume content sources (clones, snapshots) are not supported",
+            ));
+        }
+        let size = size_for(req.capacity_range.as_ref())?;
+        let spec = volume_spec(
+            size,
+            &req.parameters,
+            req.accessibility_requirements.as_ref(),
+        )?;
+        let name = volume_name(&req.name);
+        let api = self.0.volumes();
+        match api.get_opt(&name).await.map_err(kube_err)? {
+            Some(v) => {
+                let same_name = v
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(CSI_NAME_ANNOTATION))
+                    .is_none_or(|n| *n == req.name);
+                if !same_name
+                    || v.spec.size_bytes != spec.size_bytes
+                    || v.spec.replicas != spec.replicas
+                {
+                    return Err(Status::already_exists(format!(
+                        "volume {name} exists with another name, size or replica count"
+                    )));
+                }
+            }
+            None => {
+                let v = Volume {
+                    metadata: ObjectMeta {
+                        name: Some(name.clone()),
+                        annotations: Some(
+                            [(CSI_NAME_ANNOTATION.to_string(), req.name.clone())]
+                                .into_iter()
+                                .chain(
+                                    preferred_node(req.accessibility_requirements.as_ref())
+                                        .map(|n| (PREFERRED_TARGET_ANNOTATION.to_string(), n)),
+                                )
+                                .collect(),
+                        ),
+                        ..Default::default()
+                    },
+                    spec,
+                    status: None,
+                };
+                match api.create(&PostParams::default(), &v).await {
+                    Ok(_) => tracing::info!(volume = %name, csi_name = %req.name, "Volume created"),
+                    Err(kube::Error::Api(s)) if s.code == 409 => {}
+                    Err(e) => return Err(kube_err(e)),
+                }
+            }
+        }
+        let deadline = Instant::now() + self.0.wait;
+        loop {
+            let v = api.get(&name).await.map_err(kube_err)?;
+            if ready(&v) && context(&v).is_some() {
+                return Ok(Response::new(csi::CreateVolumeResponse {
+                    volume: Some(csi_volume(&v)),
+                }));
+            }
+            let st = v.status.clone().unwrap_or_default();
+            if let Some(c) = st
+                .conditions
+                .iter()
+                .find(|c| c.type_ == SCHEDULED && c.status == "False")
+            {
+                return Err(Status::resource_exhausted(format!(
+                    "cannot place volume {name}: {}",
+                    c.message
+                )));
+            }
+            if Instant::now() >= deadline {
+                return Err(Status::unavailable(format!(
+                    "volume {name} is not ready yet (state {:?}); retry",
+                    st.state
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    async fn delete_volume(
+        &self,
+        req: Request<csi::DeleteVolumeRequest>,
+    ) -> Result<Response<csi::DeleteVolumeResponse>, Status> {
+        let id = req.into_inner().volume_id;
+        if id.is_empty() {
+            return Err(Status::invalid_argument("volume_id missing"));
+        }
+        let api = self.0.volumes();
+        match api.delete(&id, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                return Ok(Response::new(csi::DeleteVolumeResponse {}));
+            }
+            Err(e) => return Err(kube_err(e)),
+        }
+        let deadline = Instant::now() + self.0.wait;
+        while api.get_opt(&id).await.map_err(kube_err)?.is_some() {
+            if Instant::now() >= deadline {
+                return Err(Status::unavailable(format!(
+                    "volume {id} is still being destroyed; retry"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Ok(Response::new(csi::DeleteVolumeResponse {}))
+    }
+
+    async fn controller_publish_volume(
+        &self,
+        req: Request<csi::ControllerPublishVolumeRequest>,
+    ) -> Result<Response<csi::ControllerPublishVolumeResponse>, Status> {
+        let req = req.into_inner();
+        if req.volume_id.is_empty() || req.node_id.is_empty() {
+            return Err(Status::invalid_argument(
+                "volume_id and node_id are required",
+            ));
+        }
+        let caps: Vec<csi::VolumeCapability> = req.volume_capability.into_iter().collect();
+        check_capabilities(&caps).map_err(Status::invalid_argument)?;
+        let v = self
+            .0
+            .volumes()
+            .get(&req.volume_id)
+            .await
+            .map_err(kube_err)?;
+        let ctx = context(&v).ok_or_else(|| Status::unavailable("volume not served yet"))?;
+        self.set_host(&v, &req.node_id, true).await?;
+        Ok(Response::new(csi::ControllerPublishVolumeResponse {
+            publish_context: ctx,
+        }))
+    }
+
+    async fn controller_unpublish_volume(
+        &self,
+        req: Request<csi::ControllerUnpublishVolumeRequest>,
+    ) -> Result<Response<csi::ControllerUnpublishVolumeResponse>, Status> {
+        let req = req.into_inner();
+        if req.volume_id.is_empty() {
+            return Err(Status::invalid_argument("volume_id missing"));
+        }
+        let Some(v) = self
+            .0
+            .volumes()
+            .get_opt(&req.volume_id)
+            .await
+            .map_err(kube_err)?
+        else {
+            return Ok(Response::new(csi::ControllerUnpublishVolumeResponse {}));
+        };
+        if !req.node_id.is_empty() {
+            self.set_host(&v, &req.node_id, false).await?;
+        }
+        Ok(Response::new(csi::ControllerUnpublishVolumeResponse {}))
+    }
+
+    async fn validate_volume_capabilities(
+        &self,
+        req: Request<csi::ValidateVolumeCapabilitiesRequest>,
+    ) -> Result<Response<csi::ValidateVolumeCapabilitiesResponse>, Status> {
+        let req = req.into_inner();
+        if req.volume_id.is_empty() || req.volume_capabilities.is_empty() {
+            return Err(Status::invalid_argument(
+                "volume_id and volume_capabilities are required",
+            ));
+        }
+        self.0
+            .volumes()
+            .get(&req.volume_id)
+            .await
+            .map_err(kube_err)?;
+        let resp = match check_capabilities(&req.volume_capabilities) {
+            Ok(()) => csi::ValidateVolumeCapabilitiesResponse {
+                confirmed: Some(csi::validate_volume_capabilities_response::Confirmed {
+                    volume_context: req.volume_context,
+                    volume_capabilities: req.volume_capabilities,
+                    parameters: req.parameters,
+                    mutable_parameters: HashMap::new(),
+                }),
+                message: String::new(),
+            },
+            Err(m) => csi::ValidateVolumeCapabilitiesResponse {
+                confirmed: None,
+                message: m,
+            },
+        };
+        Ok(Response::new(resp))
+    }
+
+    async fn list_volumes(
+        &self,
+        req: Request<csi::ListVolumesRequest>,
+    ) -> Result<Response<csi::ListVolumesResponse>, Status> {
+        let req = req.into_inner();
+        let mut vols = self
+            .0
+            .volumes()
+            .list(&ListParams::default())
+            .await
+            .map_err(kube_err)?
+            .items;
+        vols.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        let start: usize = if req.starting_token.is_empty() {
+            0
+        } else {
+            req.starting_token
+                .parse()
+                .ok()
+                .filter(|s| *s <= vols.len())
+                .ok_or_else(|| {
+                    Status::aborted(format!("bad starting_token {:?}", req.starting_token))
+                })?
+        };
+        let max = usize::try_from(req.max_entries)
+            .ok()
+            .filter(|m| *m > 0)
+            .unwrap_or(usize::MAX);
+        let page: Vec<_> = vols.iter().skip(start).take(max).collect();
+        let next = start + page.len();
+        Ok(Response::new(csi::ListVolumesResponse {
+            entries: page
+                .into_iter()
+                .map(|v| csi::list_volumes_response::Entry {
+                    volume: Some(csi_volume(v)),
+                    status: None,
+                })
+                .collect(),
+            next_token: if next < vols.len() {
+                next.to_string()
+            } else {
+                String::new()
+            },
+        }))
+    }
+
+    async fn get_capacity(
+        &self,
+        req: Request<csi::GetCapacityRequest>,
+    ) -> Result<Response<csi::GetCapacityResponse>, Status> {
+        let req = req.into_inner();
+        let node = req
+            .accessible_topology
+            .as_ref()
+            .and_then(|t| t.segments.get(super::params::TOPOLOGY_NODE_KEY).cloned());
+        let pools = Api::<StoragePool>::all(self.0.client.clone())
+            .list(&ListParams::default())
+            .await
+            .map_err(kube_err)?;
+        let mut total: i64 = 0;
+        let mut largest: i64 = 0;
+        for p in pools.items {
+            let st = p.status.unwrap_or_default();
+            if st.phase != Some(PoolPhase::Online)
+                || node.as_ref().is_some_and(|n| *n != p.spec.node)
+            {
+                continue;
+            }
+            let free = st.free_bytes.unwrap_or(0).max(0);
+            total = total.saturating_add(free);
+            largest = largest.max(free);
+        }
+        Ok(Response::new(csi::GetCapacityResponse {
+            available_capacity: total,
+            maximum_volume_size: Some(largest),
+            minimum_volume_size: None,
+        }))
+    }
+
+    async fn controller_get_capabilities(
+        &self,
+        _: Request<csi::ControllerGetCapabilitiesRequest>,
+    ) -> Result<Response<csi::ControllerGetCapabilitiesResponse>, Status> {
+        use csi::controller_service_capability::{Rpc, Type, rpc};
+        let cap = |t: rpc::Type| csi::ControllerServiceCapability {
+            r#type: Some(Type::Rpc(Rpc { r#type: t as i32 })),
+        };
+        Ok(Response::new(csi::ControllerGetCapabilitiesResponse {
+            capabilities: vec![
+                cap(rpc::Type::CreateDeleteVolume),
+                cap(rpc::Type::PublishUnpublishVolume),
+                cap(rpc::Type::ListVolumes),
+                cap(rpc::Type::GetCapacity),
+            ],
+        }))
+    }
+
+    async fn create_snapshot(
+        &self,
+        _: Request<csi::CreateSnapshotRequest>,
+    ) -> Result<Response<csi::CreateSnapshotResponse>, Status> {
+        Err(Status::unimplemented("snapshots are not supported"))
+    }
+
+    async fn delete_snapshot(
+        &self,
+        _: Request<csi::DeleteSnapshotRequest>,
+    ) -> Result<Response<csi::DeleteSnapshotResponse>, Status> {
+        Err(Status::unimplemented("snapshots are not supported"))
+    }
+
+    async fn list_snapshots(
+        &self,
+        _: Request<csi::ListSnapshotsRequest>,
+    ) -> Result<Response<csi::ListSnapshotsResponse>, Status> {
+        Err(Status::unimplemented("snapshots are not supported"))
+    }
+
+    async fn controller_expand_volume(
+        &self,
+        _: Request<csi::ControllerExpandVolumeRequest>,
+    ) -> Result<Response<csi::ControllerExpandVolumeResponse>, Status> {
+        Err(Status::unimplemented(
+            "volume expansion is not supported yet",
+        ))
+    }
+
+    async fn controller_get_volume(
+        &self,
+        _: Request<csi::ControllerGetVolumeRequest>,
+    ) -> Result<Response<csi::ControllerGetVolumeResponse>, Status> {
+        Err(Status::unimplemented(
+            "ControllerGetVolume is not supported",
+        ))
+    }
+
+    async fn controller_modify_volume(
+        &self,
+        _: Request<csi::ControllerModifyVolumeRequest>,
+    ) -> Result<Response<csi::ControllerModifyVolumeResponse>, Status> {
+        Err(Status::unimplemented(
+            "ControllerModifyVolume is not supported",
+        ))
+    }
+}
