@@ -5,6 +5,7 @@
 pub mod csi;
 pub mod cluster;
 pub mod datapath;
+pub mod helm;
 pub mod kube;
 pub mod qemu;
 pub mod workload;
