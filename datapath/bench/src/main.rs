@@ -18,7 +18,6 @@ mod load;
 mod mirror;
 mod nvme;
 mod rebuild;
-mod remote;
 mod report;
 mod stats;
 

@@ -23,7 +23,7 @@ use crate::cli::MirrorArgs;
 use crate::compare::{self, Labels};
 use crate::load::Phase;
 use crate::nvme::{MAX_QUEUE_DEPTH, NvmeDriver, RAM_BLOCK_SIZE, fill_local};
-use crate::remote::RemoteReplica;
+use ferrite_host::RemoteReplica;
 use crate::report;
 
 /// Subsystem of the 1-replica volume.

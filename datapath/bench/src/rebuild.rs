@@ -29,7 +29,7 @@ use crate::cli::RebuildArgs;
 use crate::compare::Labels;
 use crate::mirror::{REPLICA_NQN, id, replica_device, replica_host_options, serve};
 use crate::nvme::{fill_local, pattern};
-use crate::remote::RemoteReplica;
+use ferrite_host::RemoteReplica;
 use crate::report;
 use crate::stats::{Transfer, process_cpu_time};
 

@@ -24,6 +24,7 @@ mod nvm;
 mod options;
 mod queue;
 mod remote;
+mod replica;
 mod transfer;
 
 pub use controller::{Controller, NamespaceGeometry};
@@ -33,3 +34,4 @@ pub use ferrite_protocol::identify::{IdentifyController, IdentifyNamespace};
 pub use ferrite_protocol::log_page::DiscoveryEntry;
 pub use options::{HostOptions, format_uuid, random_uuid, uuid_hostnqn};
 pub use remote::RemoteNamespace;
+pub use replica::RemoteReplica;

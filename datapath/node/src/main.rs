@@ -19,7 +19,6 @@ mod demo;
 mod grpc;
 mod http;
 mod metrics;
-mod remote;
 mod serve;
 mod state;
 mod status;

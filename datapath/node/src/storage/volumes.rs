@@ -21,7 +21,7 @@ use uuid::Uuid;
 use super::replicas::check_hosts;
 use super::{NodeError, Origin, Storage, lock};
 use crate::config::{self, Config, VolumeReplicaSpec, VolumeSpec};
-use crate::remote::RemoteReplica;
+use ferrite_host::RemoteReplica;
 
 /// A volume being served (its mirror is assembled).
 pub struct Volume {
