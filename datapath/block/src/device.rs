@@ -53,4 +53,11 @@ pub trait BlockDevice: Send + Sync + 'static {
 
     /// Releases the space behind `nblocks` blocks at `lba`; afterwards they read as zeroes.
     async fn deallocate(&self, lba: u64, nblocks: u64) -> Result<(), BlockError>;
+
+    /// Re-reads the capacity from wherever it lives (a remote controller's Identify data,
+    /// for instance) after the device may have grown, and returns it in bytes. Devices
+    /// whose [`BlockDevice::num_blocks`] is always current need not override it.
+    async fn refresh_size(&self) -> Result<u64, BlockError> {
+        Ok(self.size_bytes())
+    }
 }

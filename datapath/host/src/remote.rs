@@ -4,6 +4,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use ferrite_block::error::{blocks_in, check_range};
@@ -14,22 +15,30 @@ use crate::controller::{Controller, NamespaceGeometry};
 use crate::error::HostError;
 
 /// Namespace `nsid` of a connected [`Controller`], as a block device.
+///
+/// The capacity is read at creation and again by [`BlockDevice::refresh_size`] (after the
+/// remote namespace grew); clones share it.
 #[derive(Debug, Clone)]
 pub struct RemoteNamespace {
     ctrl: Arc<Controller>,
     nsid: u32,
-    geometry: NamespaceGeometry,
+    block_size: u32,
+    num_blocks: Arc<AtomicU64>,
 }
 
 impl RemoteNamespace {
     /// Reads the namespace's geometry (Identify Namespace: LBADS and NSZE).
     pub async fn new(ctrl: Arc<Controller>, nsid: u32) -> Result<RemoteNamespace, HostError> {
         ctrl.identify_namespace(nsid).await?;
-        let geometry = ctrl.namespace_geometry(nsid).await?;
+        let NamespaceGeometry {
+            block_size,
+            num_blocks,
+        } = ctrl.namespace_geometry(nsid).await?;
         Ok(RemoteNamespace {
             ctrl,
             nsid,
-            geometry,
+            block_size,
+            num_blocks: Arc::new(AtomicU64::new(num_blocks)),
         })
     }
 
@@ -43,11 +52,11 @@ impl RemoteNamespace {
     }
 
     fn check(&self, lba: u64, nblocks: u64) -> Result<(), BlockError> {
-        check_range(lba, nblocks, self.geometry.num_blocks)
+        check_range(lba, nblocks, self.num_blocks())
     }
 
     fn map(&self, op: &'static str, lba: u64, nblocks: u64, e: HostError) -> BlockError {
-        to_block_error(op, lba, nblocks, self.geometry.num_blocks, e)
+        to_block_error(op, lba, nblocks, self.num_blocks(), e)
     }
 }
 
@@ -86,11 +95,11 @@ fn to_block_error(
 #[async_trait]
 impl BlockDevice for RemoteNamespace {
     fn block_size(&self) -> u32 {
-        self.geometry.block_size
+        self.block_size
     }
 
     fn num_blocks(&self) -> u64 {
-        self.geometry.num_blocks
+        self.num_blocks.load(Ordering::Acquire)
     }
 
     fn volatile_cache(&self) -> bool {
@@ -115,7 +124,7 @@ impl BlockDevice for RemoteNamespace {
     }
 
     async fn write(&self, lba: u64, data: IoBuf, fua: bool) -> Result<(), BlockError> {
-        let nblocks = blocks_in("write buffer length", data.len(), self.geometry.block_size)?;
+        let nblocks = blocks_in("write buffer length", data.len(), self.block_size)?;
         self.check(lba, nblocks)?;
         self.ctrl
             .write_buf(self.nsid, lba, data, fua)
@@ -152,6 +161,26 @@ impl BlockDevice for RemoteNamespace {
             .deallocate(self.nsid, &[(lba, nblocks)])
             .await
             .map_err(|e| self.map("deallocate", lba, nblocks, e))
+    }
+
+    /// Re-reads NSZE with Identify Namespace (the block size must not have changed).
+    async fn refresh_size(&self) -> Result<u64, BlockError> {
+        let ns = self
+            .ctrl
+            .identify_namespace(self.nsid)
+            .await
+            .map_err(|e| self.map("identify namespace", 0, 0, e))?;
+        if ns.nsze == 0 || (1u64 << ns.lbads.min(63)) != u64::from(self.block_size) {
+            return Err(BlockError::Gone(format!(
+                "{}: namespace changed: NSZE {} LBADS {} (block size was {})",
+                self.describe(),
+                ns.nsze,
+                ns.lbads,
+                self.block_size
+            )));
+        }
+        self.num_blocks.store(ns.nsze, Ordering::Release);
+        Ok(self.size_bytes())
     }
 }
 

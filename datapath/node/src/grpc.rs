@@ -285,6 +285,12 @@ impl Node for NodeService {
         Ok(Response::new(self.volume(v)))
     }
 
+    async fn resize_volume(&self, req: Request<pb::ResizeVolumeRequest>) -> Reply<pb::Volume> {
+        let r = req.into_inner();
+        let v = self.storage.resize_volume(uuid("volume uuid", &r.uuid)?, r.size_bytes).await?;
+        Ok(Response::new(self.volume(v)))
+    }
+
     async fn get_volume(&self, req: Request<pb::GetVolumeRequest>) -> Reply<pb::Volume> {
         let id = uuid("volume uuid", &req.into_inner().uuid)?;
         let v = self.storage.volume_view(id).ok_or_else(|| Status::not_found(format!("volume {id} is not served by this node")))?;

@@ -291,6 +291,29 @@ async fn node_api_pools_replicas_volumes_restart() {
     assert!(!std::fs::read_to_string(state_file(dir, "a")).unwrap().contains(RC));
     cb.destroy_replica(pb::DestroyReplicaRequest { uuid: RC.into() }).await.unwrap();
 
+    // Volume growth: the replicas grow first (on their own nodes), then the volume; a host
+    // that re-reads Identify sees the new size and can use the new blocks.
+    let (ctrl, ns) = open_volume("127.0.91.1").await;
+    assert_eq!(ns.size_bytes(), 64 << 20);
+    let grow = |size: u64| pb::ResizeVolumeRequest { uuid: VOL.into(), size_bytes: size };
+    assert_eq!(code(ca.resize_volume(grow(96 << 20)).await), Code::FailedPrecondition, "replicas not grown yet");
+    ca.resize_replica(pb::ResizeReplicaRequest { uuid: RA.into(), size_bytes: 97 << 20 }).await.unwrap();
+    assert_eq!(code(ca.resize_volume(grow(96 << 20)).await), Code::FailedPrecondition, "b's replica not grown yet");
+    cb.resize_replica(pb::ResizeReplicaRequest { uuid: RB.into(), size_bytes: 97 << 20 }).await.unwrap();
+    assert_eq!(code(ca.resize_volume(grow(32 << 20)).await), Code::InvalidArgument, "shrink");
+    assert_eq!(code(ca.resize_volume(grow((96 << 20) + 512)).await), Code::InvalidArgument, "misaligned");
+    for _ in 0..2 {
+        let v = ca.resize_volume(grow(96 << 20)).await.unwrap().into_inner();
+        assert_eq!(v.size_bytes, 96 << 20);
+    }
+    assert_eq!(ns.refresh_size().await.unwrap(), 96 << 20);
+    let tail = ns.num_blocks() - 16;
+    ns.write(tail, IoBuf::from_slice(&pattern()), true).await.unwrap();
+    assert!(ns.read(tail, 16).await.unwrap()[..] == pattern()[..]);
+    assert!(ns.read(100, 16).await.unwrap()[..] == pattern()[..], "old data intact");
+    drop(ns);
+    let _ = ctrl.disconnect().await;
+
     // Resize: grows, never shrinks.
     ca.create_replica(replica_req(RX, "pa", 8 << 20, true, &[])).await.unwrap();
     let r = ca.resize_replica(pb::ResizeReplicaRequest { uuid: RX.into(), size_bytes: 16 << 20 }).await.unwrap().into_inner();

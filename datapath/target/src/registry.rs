@@ -191,6 +191,17 @@ impl Target {
         sub.add_namespace(&ns).map_err(|reason| TargetError::InvalidNamespace { nqn: nqn.to_string(), reason })
     }
 
+    /// Tells the hosts connected to a subsystem that namespace `nsid` changed size (its
+    /// device grew): they get a Namespace Attribute Changed event and re-read Identify.
+    pub fn namespace_resized(&self, nqn: &str, nsid: u32) -> Result<(), TargetError> {
+        let sub = self.shared.subsystem(nqn).ok_or_else(|| TargetError::SubsystemNotFound(nqn.to_string()))?;
+        if sub.namespace_resized(nsid) {
+            Ok(())
+        } else {
+            Err(TargetError::InvalidNamespace { nqn: nqn.to_string(), reason: format!("no namespace {nsid}") })
+        }
+    }
+
     /// Removes a namespace of a subsystem; connected hosts get an event.
     pub fn remove_namespace(&self, nqn: &str, nsid: u32) -> Result<bool, TargetError> {
         let sub = self.shared.subsystem(nqn).ok_or_else(|| TargetError::SubsystemNotFound(nqn.to_string()))?;

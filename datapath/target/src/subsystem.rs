@@ -153,6 +153,15 @@ impl Subsystem {
         removed
     }
 
+    /// Announces that namespace `nsid`'s capacity changed. Returns whether it exists.
+    pub fn namespace_resized(&self, nsid: u32) -> bool {
+        let exists = self.namespace_by_id(nsid).is_some();
+        if exists {
+            self.notify_namespace_changed(nsid);
+        }
+        exists
+    }
+
     fn notify_namespace_changed(&self, nsid: u32) {
         for c in self.controllers() {
             c.namespace_changed(nsid);

@@ -108,13 +108,20 @@ pub(crate) fn plan(
             )));
         }
     }
+    // A grow interrupted between label writes leaves labels of two sizes at the newest
+    // generation; nothing past the smaller size was written yet, so the larger one stands.
+    let geometry = tops
+        .iter()
+        .map(|l| l.geometry)
+        .max_by_key(|g| g.data_bytes)
+        .unwrap_or(newest.geometry);
     for (s, l) in &labeled {
-        if l.geometry != newest.geometry {
+        if !l.geometry.same_layout(&geometry) || l.geometry.data_bytes > geometry.data_bytes {
             return Err(MirrorError::BadLabel {
                 replica: s.description.clone(),
                 reason: format!(
-                    "geometry {:?} differs from the newest label's {:?}",
-                    l.geometry, newest.geometry
+                    "geometry {:?} does not fit the newest labels' {:?}",
+                    l.geometry, geometry
                 ),
             });
         }
@@ -139,6 +146,7 @@ pub(crate) fn plan(
         }
     }
     let mut dirty = newest.bitmap.clone();
+    dirty.grow(geometry.nregions);
     let mut tracking = newest.bitmap_base;
     for l in &tops[1..] {
         dirty.union_with(&l.bitmap);
@@ -230,7 +238,7 @@ pub(crate) fn plan(
         }
     }
     Ok(Plan {
-        geometry: newest.geometry,
+        geometry,
         generation: top + 1,
         tracking,
         dirty,
@@ -385,10 +393,13 @@ async fn start(s: Start) -> Result<Mirror, MirrorError> {
     let inner = Arc::new(Inner {
         id: mirror_id,
         id_str: format_id(&mirror_id),
-        geo: geometry,
+        block_size: geometry.block_size,
+        region_size: geometry.region_size,
+        data_bytes: AtomicU64::new(geometry.data_bytes),
         opts,
         state: Mutex::new(state),
         label_lock: tokio::sync::Mutex::new(()),
+        grow_lock: tokio::sync::Mutex::new(()),
         locks: RegionLocks::new(),
         rr: AtomicUsize::new(0),
         tasks: Mutex::new(JoinSet::new()),
@@ -628,6 +639,29 @@ mod tests {
             reachable: true,
             label,
         }
+    }
+
+    #[test]
+    fn an_interrupted_grow_assembles_at_the_larger_size() {
+        let a = label(A, 4, &[(A, true, 4), (B, true, 4)], None, false);
+        let mut b = label(B, 4, &[(A, true, 4), (B, true, 4)], None, false);
+        b.geometry = geo().grown_to(48 << 20).unwrap();
+        b.bitmap = Bitmap::new(b.geometry.nregions);
+        let p = plan(&M, &[seen(A, Some(a)), seen(B, Some(b))], false).unwrap();
+        assert_eq!(p.geometry.data_bytes, 48 << 20);
+        assert_eq!(p.dirty.len(), 48);
+        assert_eq!(p.members[0].role, Role::Healthy);
+        // An older label larger than the newest ones, or another region size, is refused.
+        let a = label(A, 5, &[(A, true, 5), (B, false, 4)], Some(4), true);
+        let mut b = label(B, 4, &[(A, true, 4), (B, true, 4)], None, true);
+        b.geometry = geo().grown_to(48 << 20).unwrap();
+        let e = plan(&M, &[seen(A, Some(a)), seen(B, Some(b))], false).unwrap_err();
+        assert!(matches!(e, MirrorError::BadLabel { .. }), "{e}");
+        let a = label(A, 4, &[(A, true, 4), (B, true, 4)], None, true);
+        let mut b = label(B, 4, &[(A, true, 4), (B, true, 4)], None, true);
+        b.geometry = Geometry::new(4096, 16 << 20, 2 << 20).unwrap();
+        let e = plan(&M, &[seen(A, Some(a)), seen(B, Some(b))], false).unwrap_err();
+        assert!(matches!(e, MirrorError::BadLabel { .. }), "{e}");
     }
 
     #[test]

@@ -42,15 +42,40 @@ impl Bitmap {
         (start..end.min(self.nbits)).all(|i| self.get(i))
     }
 
+    /// Lengthens the bitmap to `nbits` bits (new bits clear); never shortens it.
+    pub(crate) fn grow(&mut self, nbits: u64) {
+        if nbits > self.nbits {
+            self.words.resize(nbits.div_ceil(64) as usize, 0);
+            self.nbits = nbits;
+        }
+    }
+
+    /// Number of bits.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> u64 {
+        self.nbits
+    }
+
     /// Clears every bit.
     pub(crate) fn clear(&mut self) {
         self.words.fill(0);
     }
 
-    /// Sets every bit that is set in `other` (which must have the same length).
+    /// Sets every bit that is set in `other` (bits past this bitmap's length are ignored).
     pub(crate) fn union_with(&mut self, other: &Bitmap) {
         for (a, b) in self.words.iter_mut().zip(&other.words) {
             *a |= b;
+        }
+        self.mask_tail();
+    }
+
+    /// Clears the bits of the last word past the length.
+    fn mask_tail(&mut self) {
+        let tail = self.nbits % 64;
+        if let Some(last) = self.words.last_mut()
+            && tail != 0
+        {
+            *last &= (1u64 << tail) - 1;
         }
     }
 
@@ -88,12 +113,7 @@ impl Bitmap {
             w[..chunk.len()].copy_from_slice(chunk);
             bm.words[i] = u64::from_le_bytes(w);
         }
-        if let Some(last) = bm.words.last_mut() {
-            let tail = nbits % 64;
-            if tail != 0 {
-                *last &= (1u64 << tail) - 1;
-            }
-        }
+        bm.mask_tail();
         bm
     }
 }
@@ -110,6 +130,26 @@ impl std::fmt::Debug for Bitmap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grow_keeps_bits_and_union_respects_lengths() {
+        let mut a = Bitmap::new(70);
+        a.set_range(3, 5);
+        a.set_range(69, 70);
+        a.grow(200);
+        assert_eq!(a.len(), 200);
+        assert_eq!(a.ones(), vec![3, 4, 69]);
+        a.set_range(150, 152);
+        a.grow(100); // never shrinks
+        assert_eq!(a.len(), 200);
+        let mut short = Bitmap::new(66);
+        short.union_with(&a);
+        assert_eq!(short.ones(), vec![3, 4]);
+        assert_eq!(short.to_bytes().len(), Bitmap::byte_len(66));
+        let mut long = Bitmap::new(300);
+        long.union_with(&a);
+        assert_eq!(long.ones(), vec![3, 4, 69, 150, 151]);
+    }
 
     #[test]
     fn set_get_count_and_ranges() {

@@ -136,6 +136,15 @@ pub enum MirrorError {
         source: BlockError,
     },
 
+    /// A grow was refused (nothing changed).
+    #[error("mirror {mirror}: cannot grow: {reason}")]
+    Grow {
+        /// The mirror UUID.
+        mirror: String,
+        /// Why.
+        reason: String,
+    },
+
     /// Invalid arguments or options.
     #[error("invalid mirror configuration: {0}")]
     Invalid(String),

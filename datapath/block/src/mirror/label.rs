@@ -111,15 +111,40 @@ impl Geometry {
         })
     }
 
-    /// The regions touched by `len` bytes at data offset `off`, as `[first, end)`.
-    pub(crate) fn regions(&self, off: u64, len: u64) -> (u64, u64) {
-        if len == 0 {
-            return (0, 0);
+    /// The same geometry grown to `data_bytes` (same block and region size): what
+    /// [`crate::mirror::Mirror::grow`] records. Fails when the size is not a multiple of the
+    /// block size, is smaller than now, or needs more regions than a label can track.
+    pub(crate) fn grown_to(&self, data_bytes: u64) -> Result<Geometry, String> {
+        if data_bytes < self.data_bytes {
+            return Err(format!(
+                "cannot shrink from {} to {data_bytes} bytes",
+                self.data_bytes
+            ));
         }
-        (
-            off / self.region_size,
-            (off + len - 1) / self.region_size + 1,
-        )
+        if !data_bytes.is_multiple_of(u64::from(self.block_size)) {
+            return Err(format!(
+                "size {data_bytes} is not a multiple of the block size {}",
+                self.block_size
+            ));
+        }
+        let nregions = data_bytes.div_ceil(self.region_size);
+        if nregions > MAX_REGIONS {
+            return Err(format!(
+                "size {data_bytes} needs {nregions} regions of {} bytes; a label tracks at most {MAX_REGIONS} (at most {} bytes for this volume)",
+                self.region_size,
+                MAX_REGIONS * self.region_size
+            ));
+        }
+        Ok(Geometry {
+            data_bytes,
+            nregions,
+            ..*self
+        })
+    }
+
+    /// Whether `other` is this geometry at another size (same block and region size).
+    pub(crate) fn same_layout(&self, other: &Geometry) -> bool {
+        self.block_size == other.block_size && self.region_size == other.region_size
     }
 
     /// Data offset and length of region `r` (the last one may be short).
@@ -127,6 +152,15 @@ impl Geometry {
         let off = r * self.region_size;
         (off, self.region_size.min(self.data_bytes - off))
     }
+}
+
+/// The regions of `region_size` bytes touched by `len` bytes at data offset `off`, as
+/// `[first, end)`.
+pub(crate) fn region_span(region_size: u64, off: u64, len: u64) -> (u64, u64) {
+    if len == 0 {
+        return (0, 0);
+    }
+    (off / region_size, (off + len - 1) / region_size + 1)
 }
 
 /// One member entry of a label.
@@ -491,8 +525,8 @@ mod tests {
     fn geometry_scales_region_size() {
         let g = Geometry::new(4096, 63 << 20, DEFAULT_REGION_SIZE).unwrap();
         assert_eq!((g.region_size, g.nregions), (1 << 20, 63));
-        assert_eq!(g.regions(0, 1), (0, 1));
-        assert_eq!(g.regions((1 << 20) - 4096, 8192), (0, 2));
+        assert_eq!(region_span(g.region_size, 0, 1), (0, 1));
+        assert_eq!(region_span(g.region_size, (1 << 20) - 4096, 8192), (0, 2));
         assert_eq!(g.region_extent(62), (62 << 20, 1 << 20));
         // 1 MiB regions cover a bit under 4 TiB (MAX_REGIONS MiB): 15 TiB needs 4 MiB
         // regions, 16 TiB 8 MiB.

@@ -65,11 +65,19 @@ impl Default for MirrorOptions {
 pub(crate) struct Inner {
     pub id: MirrorId,
     pub id_str: String,
-    pub geo: Geometry,
+    /// Volume block size (fixed at creation).
+    pub block_size: u32,
+    /// Dirty-bitmap region size (fixed at creation).
+    pub region_size: u64,
+    /// Bytes the host may address. [`Mirror::grow`] raises it only after every label
+    /// records the new size; the labels' geometry (`State::geometry`) may be ahead of it.
+    pub data_bytes: AtomicU64,
     pub opts: MirrorOptions,
     pub state: Mutex<State>,
     /// Serialises label writes (so sequence numbers and slots alternate cleanly).
     pub label_lock: tokio::sync::Mutex<()>,
+    /// Serialises [`Mirror::grow`] calls.
+    pub grow_lock: tokio::sync::Mutex<()>,
     pub locks: RegionLocks,
     pub rr: AtomicUsize,
     pub tasks: Mutex<JoinSet<()>>,
@@ -86,6 +94,21 @@ enum Mutation {
 impl Inner {
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The regions touched by `len` bytes at data offset `off`, as `[first, end)`.
+    pub(crate) fn regions(&self, off: u64, len: u64) -> (u64, u64) {
+        label::region_span(self.region_size, off, len)
+    }
+
+    /// Bytes the host may address now.
+    pub(crate) fn data_bytes(&self) -> u64 {
+        self.data_bytes.load(Ordering::Acquire)
+    }
+
+    /// The geometry the labels record (at least as large as what the host may address).
+    pub(crate) fn geometry(&self) -> Geometry {
+        self.lock().geometry
     }
 
     pub(crate) fn no_healthy(&self) -> MirrorError {
@@ -202,7 +225,7 @@ impl Inner {
 
     /// Fans a mutation of `len` bytes at data offset `off` out to every write target.
     async fn mutate(self: Arc<Self>, off: u64, len: u64, op: Mutation) -> Result<(), MirrorError> {
-        let (first, end) = self.geo.regions(off, len);
+        let (first, end) = self.regions(off, len);
         let _stripes = self.locks.shared(first, end).await;
         let targets = loop {
             let (targets, want, need) = {
@@ -380,7 +403,7 @@ impl Inner {
         desc: &str,
         dev: &dyn BlockDevice,
     ) -> Result<(), MirrorError> {
-        check_geometry(&self.geo, desc, dev)
+        check_geometry(&self.geometry(), desc, dev)
     }
 
     pub(crate) fn status(&self) -> MirrorStatus {
@@ -388,9 +411,9 @@ impl Inner {
         MirrorStatus {
             mirror_id: self.id,
             generation: st.generation,
-            size: self.geo.data_bytes,
-            block_size: self.geo.block_size,
-            region_size: self.geo.region_size,
+            size: self.data_bytes(),
+            block_size: self.block_size,
+            region_size: self.region_size,
             dirty_regions: st.dirty.count(),
             bitmap_base: st.tracking,
             replicas: st
@@ -458,7 +481,7 @@ impl std::fmt::Debug for Mirror {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Mirror")
             .field("id", &self.inner.id_str)
-            .field("size", &self.inner.geo.data_bytes)
+            .field("size", &self.inner.data_bytes())
             .finish_non_exhaustive()
     }
 }
@@ -594,11 +617,11 @@ impl Drop for Mirror {
 #[async_trait]
 impl BlockDevice for Mirror {
     fn block_size(&self) -> u32 {
-        self.inner.geo.block_size
+        self.inner.block_size
     }
 
     fn num_blocks(&self) -> u64 {
-        self.inner.geo.data_bytes / u64::from(self.inner.geo.block_size)
+        self.inner.data_bytes() / u64::from(self.inner.block_size)
     }
 
     fn describe(&self) -> String {

@@ -47,6 +47,11 @@
 //!   (shared), so a copy is never interleaved with a host write to that region; when done the
 //!   target joins the in-sync set (new generation) and the bitmap is cleared once every member
 //!   is in sync.
+//! - **Grow** ([`Mirror::grow`]): with every replica healthy and in sync and every replica
+//!   device already grown, the new size goes into every label first; only then may the host
+//!   address the new blocks. A grow interrupted between label writes leaves labels of two
+//!   sizes at one generation: assembly takes the larger (nothing beyond the smaller was ever
+//!   written).
 //! - **Close** ([`Mirror::close`]) waits for in-flight writes, flushes and marks labels clean.
 //!   Dropping a mirror without closing it behaves like a crash.
 
@@ -54,6 +59,7 @@ mod assemble;
 mod bitmap;
 mod compare;
 mod error;
+mod grow;
 mod label;
 mod locks;
 #[allow(clippy::module_inception)]

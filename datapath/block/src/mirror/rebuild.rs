@@ -229,22 +229,24 @@ impl Inner {
         // Partial: the bitmap as of now. The target already receives every host write (it
         // became a write target before this snapshot), so regions dirtied later reach it
         // directly; writes dispatched earlier set their bits before being dispatched.
-        let list: Option<Vec<u64>> = {
+        let (list, geo) = {
             let st = self.lock();
+            let list: Option<Vec<u64>> =
             match kind {
                 RebuildKind::Full => None,
                 RebuildKind::Partial => Some(st.dirty.ones()),
                 RebuildKind::Resync => st.tracking.map(|_| st.dirty.ones()),
-            }
+            };
+            (list, st.geometry)
         };
         let total = match &list {
-            None => self.geo.data_bytes,
-            Some(l) => l.iter().map(|&r| self.geo.region_extent(r).1).sum(),
+            None => geo.data_bytes,
+            Some(l) => l.iter().map(|&r| geo.region_extent(r).1).sum(),
         };
         tracker.bytes_total.store(total, Ordering::Relaxed);
         info!(mirror = %self.id_str, replica = %format_id(&id), ?kind, bytes = total, "rebuild started");
         let regions: Box<dyn Iterator<Item = u64> + Send> = match list {
-            None => Box::new(0..self.geo.nregions),
+            None => Box::new(0..geo.nregions),
             Some(l) => Box::new(l.into_iter()),
         };
         for r in regions {
@@ -266,7 +268,7 @@ impl Inner {
         r: u64,
         tracker: &RebuildTracker,
     ) -> bool {
-        let (off, len) = self.geo.region_extent(r);
+        let (off, len) = self.geometry().region_extent(r);
         let timeout = self.opts.io_timeout;
         loop {
             let guard = self.locks.exclusive(r).await;

@@ -189,6 +189,12 @@ impl Storage {
         pool.store.resize(*uuid.as_bytes(), size).await.map_err(|e| NodeError::thin(&format!("resizing replica {uuid}"), e))?;
         lock(&r.spec).size = size.to_string();
         self.persist()?;
+        // Hosts of the export (a remote mirror) learn the new size.
+        if let Some(nqn) = r.nqn()
+            && let Err(e) = self.target.namespace_resized(&nqn, 1)
+        {
+            warn!(replica = %uuid, error = %e, "announcing the new size failed");
+        }
         Ok(r)
     }
 

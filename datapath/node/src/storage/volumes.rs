@@ -336,6 +336,31 @@ impl Storage {
         self.volume_view(uuid).ok_or_else(|| NodeError::NotFound(format!("volume {uuid} is gone")))
     }
 
+    /// Grows a volume to `size` bytes (its replicas already grown) and tells connected hosts;
+    /// idempotent. The new size lives in the replicas' labels, so a restart keeps it.
+    pub async fn resize_volume(&self, uuid: Uuid, size: u64) -> Result<VolumeView, NodeError> {
+        let _change = self.changes.lock().await;
+        let (rec, vol) = self.online(uuid)?;
+        let current = vol.mirror.size_bytes();
+        let bs = u64::from(vol.mirror.block_size());
+        if size < current {
+            return Err(NodeError::InvalidArgument(format!("volume {uuid}: cannot shrink from {current} to {size} bytes")));
+        }
+        if !size.is_multiple_of(bs) {
+            return Err(NodeError::InvalidArgument(format!(
+                "volume {uuid}: size {size} is not a multiple of the block size {bs}"
+            )));
+        }
+        if size > current {
+            vol.mirror.grow(size).await.map_err(|e| NodeError::mirror(&format!("volume {uuid}: growing"), e))?;
+            if let Err(e) = self.target.namespace_resized(&rec.nqn, 1) {
+                warn!(volume = %uuid, error = %e, "announcing the new size failed");
+            }
+            info!(volume = %uuid, from = current, to = size, "volume grown");
+        }
+        self.volume_view(uuid).ok_or_else(|| NodeError::NotFound(format!("volume {uuid} is gone")))
+    }
+
     /// Sets the hosts allowed to connect to a volume (empty: none).
     pub async fn set_volume_hosts(&self, uuid: Uuid, hosts: Vec<String>) -> Result<VolumeView, NodeError> {
         check_hosts(&hosts)?;
