@@ -365,7 +365,7 @@ fn chart_lints_and_renders_with_default_values() {
         !dep.contains("- --no-leader-elect"),
         "leader election is on by default"
     );
-    // The operator has no --metrics flag yet: operator.metricsPort is 0 by default.
+    // Operator metrics are off by default (operator.metricsPort 0).
     assert!(!dep.contains("--metrics"), "{dep}");
     assert!(helm::find(&docs, "Service", "ferrite-operator-metrics").is_none());
     // The CRDs are the generated ones.
@@ -557,7 +557,11 @@ fn install_manifest_and_chart_crds_are_fresh() {
 #[test]
 fn chart_flags_exist_in_the_binaries() {
     let Some(h) = helm_bin() else { return };
-    let r = helm::template(&h, None, &["operator.leaderElection=false"]);
+    let r = helm::template(
+        &h,
+        None,
+        &["operator.leaderElection=false", "operator.metricsPort=9421"],
+    );
     assert!(r.ok, "{}", r.stderr);
     let docs = helm::documents(&r.stdout);
     let ds = helm::find(&docs, "DaemonSet", "ferrite-node").expect("DaemonSet");

@@ -5,7 +5,8 @@
 //! returned context, published to this host's NQN, connects with the Rust NVMe/TCP host
 //! and does I/O; the replica node killed with SIGKILL makes the Volume Degraded (with an
 //! Event) and restarted brings it back Online; the operator restarted converges; DeleteVolume
-//! removes the target and replicas from the nodes. Skipped when the bed is not prepared.
+//! removes the target and replicas from the nodes. In between, CSI ControllerExpandVolume
+//! grows the volume online (both replicas, then the mirror) while the host stays connected. Skipped when the bed is not prepared.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -15,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use ferrite_api::csi::v1 as csi;
 use ferrite_api::csi::v1::controller_client::ControllerClient;
+use ferrite_api::csi::v1::controller_service_capability::rpc;
 use ferrite_api::csi::v1::volume_capability::{AccessMode, AccessType, BlockVolume, access_mode::Mode};
 use ferrite_api::node::v1 as pb;
 use ferrite_api::node::v1::node_client::NodeClient;
@@ -122,6 +124,18 @@ async fn wait_eq(bed: &Arc<KubeBed>, kind: &str, name: &str, path: &str, want: &
             panic!("{kind}/{name} {path}: want {want:?}, got {got:?} after {secs}s\n{logs}");
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// A CSI Controller client on the operator's endpoint (waits for it to listen).
+async fn csi_client(port: u16) -> ControllerClient<tonic::transport::Channel> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match ControllerClient::connect(format!("http://127.0.0.1:{port}")).await {
+            Ok(c) => return c,
+            Err(e) if Instant::now() > deadline => panic!("CSI endpoint: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
     }
 }
 
@@ -264,20 +278,54 @@ async fn operator_flow_with_real_datapaths() {
     assert_eq!(jsonpath(&bed, "volume", "pvc-flow", "{.status.replicas[*].uuid}"), uuids);
     let back = nsp.read(64, 16).await.expect("read after repair");
     assert!(back[..] == pattern(2)[..], "data written while degraded lost");
+
+    // Online expansion: CSI ControllerExpandVolume grows both replicas and the mirror while
+    // the host stays connected; the host sees the new size and uses the new blocks.
+    let mut c = csi_client(port).await;
+    let caps = c
+        .controller_get_capabilities(csi::ControllerGetCapabilitiesRequest {})
+        .await
+        .expect("capabilities")
+        .into_inner();
+    let advertised = caps.capabilities.iter().any(|c| {
+        matches!(&c.r#type, Some(csi::controller_service_capability::Type::Rpc(r)) if r.r#type == rpc::Type::ExpandVolume as i32)
+    });
+    assert!(advertised, "EXPAND_VOLUME not advertised: {caps:?}");
+    let expand = |bytes: i64| csi::ControllerExpandVolumeRequest {
+        volume_id: "pvc-flow".into(),
+        capacity_range: Some(csi::CapacityRange { required_bytes: bytes, limit_bytes: 0 }),
+        volume_capability: Some(cap.clone()),
+        ..Default::default()
+    };
+    let grown = c.controller_expand_volume(expand(96 << 20)).await.expect("ControllerExpandVolume").into_inner();
+    assert_eq!((grown.capacity_bytes, grown.node_expansion_required), (96 << 20, false), "block volume");
+    let again = c.controller_expand_volume(expand(64 << 20)).await.expect("smaller than served").into_inner();
+    assert_eq!(again.capacity_bytes, 96 << 20);
+    let missing = c.controller_expand_volume(csi::ControllerExpandVolumeRequest { volume_id: "nope".into(), ..expand(1 << 30) }).await;
+    assert_eq!(missing.map(|_| ()).unwrap_err().code(), tonic::Code::NotFound);
+    assert_eq!(jsonpath(&bed, "volume", "pvc-flow", "{.status.sizeBytes}"), (96u64 << 20).to_string());
+    assert_eq!(jsonpath(&bed, "volume", "pvc-flow", "{.status.conditions[?(@.type==\"Resized\")].status}"), "True");
+    let events = bed
+        .kubectl_ok(&["get", "events.events.k8s.io", "-A", "-o", "jsonpath={.items[*].reason}"])
+        .unwrap_or_default();
+    assert!(events.contains("VolumeExpanded"), "events: {events}");
+    assert_eq!(nsp.refresh_size().await.expect("re-identify"), 96 << 20);
+    let tail = nsp.num_blocks() - 16;
+    nsp.write(tail, IoBuf::from_slice(&pattern(3)), true).await.expect("write past the old end");
+    assert!(nsp.read(tail, 16).await.expect("read")[..] == pattern(3)[..]);
+    assert!(nsp.read(64, 16).await.expect("read")[..] == pattern(2)[..], "old data intact");
+    let uid = jsonpath(&bed, "volume", "pvc-flow", "{.metadata.uid}");
+    let target_ip = if target == "a" { "127.0.35.1" } else { "127.0.35.2" };
+    let (code, body) = ferrite_e2e::cluster::http_get(format!("{target_ip}:9420").parse().expect("addr"), &format!("/v1/volumes/{uid}/compare"))
+        .expect("compare");
+    assert_eq!(code, 200, "{body}");
+    let report: serde_json::Value = serde_json::from_str(&body).expect("compare JSON");
+    assert_eq!(report["identical"], true, "{report}");
+    assert_eq!(report["pairs"][0]["bytes_compared"], 96u64 << 20, "{report}");
     drop(nsp);
     drop(ctrl);
 
-    // DeleteVolume removes everything from the nodes (new CSI connection: operator 2).
-    let mut c = {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            match ControllerClient::connect(format!("http://127.0.0.1:{port}")).await {
-                Ok(c) => break c,
-                Err(e) if Instant::now() > deadline => panic!("CSI endpoint: {e}"),
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-            }
-        }
-    };
+    // DeleteVolume removes everything from the nodes.
     c.controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest {
         volume_id: "pvc-flow".into(),
         node_id: HOST.into(),

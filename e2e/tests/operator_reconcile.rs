@@ -5,7 +5,10 @@
 //! (with an Event) and back Online; deleting a pool in use is blocked with a condition; the
 //! operator restarted converges without re-placing; deleting the Volume destroys the target
 //! and replicas on the nodes, after which the pool deletion completes (DestroyPool); the
-//! leader Lease is held. Skipped when the bed is not prepared.
+//! leader Lease is held. The operators run with `--metrics`: `/metrics` counts pool
+//! reconciles, StoragePools by phase and Volumes by state, says who leads (1 on the leader, 0
+//! on a standby) and counts CSI requests by method and gRPC code. Skipped when the bed is not
+//! prepared.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
@@ -166,6 +169,9 @@ impl Node for FakeNode {
     async fn remove_volume_replica(&self, _: Request<api::RemoveVolumeReplicaRequest>) -> R<api::Volume> {
         Err(Status::unimplemented("fake"))
     }
+    async fn resize_volume(&self, _: Request<api::ResizeVolumeRequest>) -> R<api::Volume> {
+        Err(Status::unimplemented("fake"))
+    }
     async fn set_volume_hosts(&self, r: Request<api::SetVolumeHostsRequest>) -> R<api::Volume> {
         let r = r.into_inner();
         let v = {
@@ -250,6 +256,44 @@ fn start_operator_with(bed: &KubeBed, bin: &std::path::Path, n: u32, extra: &[St
     Operator(child)
 }
 
+/// `--metrics 127.0.0.1:PORT` on a free port: the arguments and the address.
+fn metrics_args() -> (Vec<String>, std::net::SocketAddr) {
+    let port = ferrite_e2e::free_port().expect("port");
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    (vec!["--metrics".into(), addr.to_string()], addr)
+}
+
+/// The value of the sample `name{labels}` (exactly those labels, in any order) in a
+/// Prometheus text exposition.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        let (n, rest) = series.split_once('{').unwrap_or((series, "}"));
+        let pairs: Vec<&str> = rest.trim_end_matches('}').split(',').filter(|p| !p.is_empty()).collect();
+        let same = pairs.len() == labels.len() && labels.iter().all(|(k, v)| pairs.contains(&format!("{k}=\"{v}\"").as_str()));
+        (n == name && same).then(|| value.parse().ok())?
+    })
+}
+
+/// Waits until `GET /metrics` on `addr` has `name{labels}` satisfying `ok`; returns the value.
+fn wait_metric(addr: std::net::SocketAddr, name: &str, labels: &[(&str, &str)], ok: impl Fn(f64) -> bool, secs: u64) -> f64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let last = match ferrite_e2e::cluster::http_get(addr, "/metrics") {
+            Ok((200, body)) => {
+                if let Some(v) = sample(&body, name, labels).filter(|v| ok(*v)) {
+                    return v;
+                }
+                body
+            }
+            Ok((code, body)) => format!("HTTP {code}: {body}"),
+            Err(e) => e,
+        };
+        assert!(std::time::Instant::now() < deadline, "{name}{labels:?} not as expected after {secs} s; last /metrics:\n{last}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 fn jsonpath(bed: &KubeBed, kind: &str, name: &str, path: &str) -> String {
     bed.kubectl(&["get", kind, name, "-o", &format!("jsonpath={path}")])
         .ok()
@@ -301,13 +345,24 @@ async fn operator_reconciles_pools_and_volumes() {
         let bed = bed2;
         let r = bed.kubectl_stdin(&["apply", "-f", "-"], &objects).expect("kubectl");
         assert!(r.ok, "{}", r.stderr);
-        let op = start_operator(&bed, &bin, 1);
+        let (margs, maddr) = metrics_args();
+        let op = start_operator_with(&bed, &bin, 1, &margs);
 
         // Nodes and pools.
         wait_eq(&bed, "fnode", "a", "{.status.phase}", "Ready", 60);
         wait_eq(&bed, "fnode", "b", "{.status.hostNqn}", "nqn.2024-01.dev.ferrite:node-b", 30);
         wait_eq(&bed, "storagepool", "pa", "{.status.phase}", "Online", 30);
         wait_eq(&bed, "storagepool", "pb", "{.status.phase}", "Online", 30);
+
+        // The metrics endpoint: pool reconciles counted, this instance leads, both pools
+        // Online.
+        assert_eq!(ferrite_e2e::cluster::http_get(maddr, "/healthz").expect("healthz"), (200, "ok\n".to_string()));
+        wait_metric(maddr, "ferrite_operator_reconciles_total", &[("controller", "pool"), ("result", "ok")], |v| v > 0.0, 10);
+        wait_metric(maddr, "ferrite_operator_reconciles_total", &[("controller", "node"), ("result", "ok")], |v| v > 0.0, 10);
+        wait_metric(maddr, "ferrite_operator_reconcile_duration_seconds_count", &[("controller", "pool")], |v| v > 0.0, 10);
+        wait_metric(maddr, "ferrite_operator_leader", &[], |v| v == 1.0, 10);
+        wait_metric(maddr, "ferrite_operator_storage_pools", &[("phase", "Online")], |v| v == 2.0, 10);
+        wait_metric(maddr, "ferrite_operator_storage_pools", &[("phase", "Pending")], |v| v == 0.0, 10);
         wait_eq(&bed, "storagepool", "pa", "{.status.capacityBytes}", &(256u64 << 20).to_string(), 10);
         wait_eq(&bed, "storagepool", "pa", "{.metadata.finalizers[0]}", "ferrite.dev/pool-protection", 10);
 
@@ -316,6 +371,7 @@ async fn operator_reconciles_pools_and_volumes() {
         let r = bed.kubectl_stdin(&["apply", "-f", "-"], vol).expect("kubectl");
         assert!(r.ok, "{}", r.stderr);
         wait_eq(&bed, "volume", "vol-1", "{.status.state}", "Online", 60);
+        wait_metric(maddr, "ferrite_operator_volumes", &[("state", "Online")], |v| v == 1.0, 20);
         let nodes = jsonpath(&bed, "volume", "vol-1", "{.status.replicas[*].node}");
         let mut ns: Vec<&str> = nodes.split_whitespace().collect();
         ns.sort();
@@ -356,9 +412,13 @@ async fn operator_reconciles_pools_and_volumes() {
         // next to it does not.
         let op = start_operator(&bed, &bin, 2);
         wait_eq(&bed, "lease", "ferrite-operator", "{.spec.holderIdentity}", "op-2", 45);
-        let standby = start_operator(&bed, &bin, 3);
+        let (standby_args, standby_metrics) = metrics_args();
+        let standby = start_operator_with(&bed, &bin, 3, &standby_args);
         std::thread::sleep(Duration::from_secs(7));
         assert_eq!(jsonpath(&bed, "lease", "ferrite-operator", "{.spec.holderIdentity}"), "op-2");
+        // The standby serves its metrics too: not the leader, no reconciles.
+        wait_metric(standby_metrics, "ferrite_operator_leader", &[], |v| v == 0.0, 10);
+        wait_metric(standby_metrics, "ferrite_operator_reconciles_total", &[("controller", "pool"), ("result", "ok")], |v| v == 0.0, 10);
         drop(standby);
         wait_eq(&bed, "volume", "vol-1", "{.status.state}", "Online", 60);
         assert_eq!(jsonpath(&bed, "volume", "vol-1", "{.status.replicas[*].uuid}"), uuids);
@@ -423,16 +483,13 @@ async fn csi_controller_service() {
     let (a, a_url) = fake_node("a").await;
     let (b, b_url) = fake_node("b").await;
     let port = ferrite_e2e::free_port().expect("port");
+    let (mut args, maddr) = metrics_args();
+    args.extend(["--csi-endpoint".into(), format!("tcp://127.0.0.1:{port}"), "--csi-wait-secs".into(), "20".into()]);
     let bed = Arc::new(bed);
     let bed2 = bed.clone();
     let op = tokio::task::spawn_blocking(move || {
         register_nodes(&bed2, &a_url, &b_url);
-        let op = start_operator_with(
-            &bed2,
-            &bin,
-            1,
-            &["--csi-endpoint".into(), format!("tcp://127.0.0.1:{port}"), "--csi-wait-secs".into(), "20".into()],
-        );
+        let op = start_operator_with(&bed2, &bin, 1, &args);
         wait_eq(&bed2, "storagepool", "pa", "{.status.phase}", "Online", 60);
         wait_eq(&bed2, "storagepool", "pb", "{.status.phase}", "Online", 30);
         op
@@ -447,8 +504,8 @@ async fn csi_controller_service() {
     let mut c = ControllerClient::connect(url).await.expect("controller");
     let caps = c.controller_get_capabilities(csi::ControllerGetCapabilitiesRequest {}).await.expect("caps").into_inner();
     let types: Vec<String> = caps.capabilities.iter().map(|c| format!("{:?}", c.r#type)).collect();
-    assert_eq!(types.len(), 4, "{types:?}");
-    assert!(!types.iter().any(|t| t.contains("type: 9 ")), "EXPAND_VOLUME must not be advertised: {types:?}");
+    assert_eq!(types.len(), 5, "{types:?}");
+    assert!(types.iter().any(|t| t.contains("ExpandVolume")), "EXPAND_VOLUME must be advertised: {types:?}");
 
     let cap = csi::VolumeCapability {
         access_mode: Some(AccessMode { mode: Mode::SingleNodeWriter as i32 }),
@@ -539,7 +596,7 @@ async fn csi_controller_service() {
     let cap_resp = c.get_capacity(csi::GetCapacityRequest::default()).await.expect("capacity").into_inner();
     assert_eq!(cap_resp.available_capacity, 512 << 20);
     let e = c.controller_expand_volume(csi::ControllerExpandVolumeRequest { volume_id: "pvc-0001".into(), ..Default::default() }).await.expect_err("expand");
-    assert_eq!(e.code(), tonic::Code::Unimplemented);
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "no capacity range: {e:?}");
 
     // Delete: the nodes are emptied; deleting again succeeds.
     for name in ["pvc-0001", "pvc-0002"] {
@@ -550,6 +607,19 @@ async fn csi_controller_service() {
         let st = n.st();
         assert!(st.volumes.is_empty() && st.replicas.is_empty(), "left on {}: {:?}", n.name, st.calls);
     }
+
+    // Every CSI request was counted by method and gRPC code.
+    tokio::task::spawn_blocking(move || {
+        let csi = "ferrite_operator_csi_requests_total";
+        wait_metric(maddr, csi, &[("method", "CreateVolume"), ("code", "OK")], |v| v >= 2.0, 5);
+        wait_metric(maddr, csi, &[("method", "CreateVolume"), ("code", "AlreadyExists")], |v| v == 1.0, 5);
+        wait_metric(maddr, csi, &[("method", "CreateVolume"), ("code", "InvalidArgument")], |v| v == 1.0, 5);
+        wait_metric(maddr, csi, &[("method", "ValidateVolumeCapabilities"), ("code", "NotFound")], |v| v == 1.0, 5);
+        wait_metric(maddr, csi, &[("method", "DeleteVolume"), ("code", "OK")], |v| v >= 3.0, 5);
+        wait_metric(maddr, csi, &[("method", "Probe"), ("code", "OK")], |v| v == 1.0, 5);
+    })
+    .await
+    .expect("CSI metrics");
     drop(op);
     drop(bed);
 }

@@ -9,6 +9,9 @@ pub const READY: &str = "Ready";
 pub const FULLY_REPLICATED: &str = "FullyReplicated";
 /// `Scheduled` (Volume): every desired replica has a place; False says why not.
 pub const SCHEDULED: &str = "Scheduled";
+/// `Resized` (Volume): the target serves the spec's size; False says why not yet (waiting
+/// for replicas to be in sync, a node refused) or never (shrinking is refused).
+pub const RESIZED: &str = "Resized";
 /// `DeletionBlocked` (StoragePool): deletion waits because volumes still use the pool.
 pub const DELETION_BLOCKED: &str = "DeletionBlocked";
 

@@ -12,6 +12,7 @@
 //!   decisions out through the nodes' gRPC API ([`node_api`]).
 //! - [`csi`]: the CSI Identity and Controller services over Volume objects.
 //! - [`leader`]: leader election with a `coordination.k8s.io/v1` Lease.
+//! - [`metrics`]: Prometheus metrics and the `/metrics` endpoint.
 //!
 //! Nodes are reached only through `ferrite-api`, never through datapath crates.
 
@@ -20,6 +21,7 @@ pub mod crd;
 pub mod csi;
 pub mod decisions;
 pub mod leader;
+pub mod metrics;
 pub mod names;
 pub mod node_api;
 pub mod reconcile;

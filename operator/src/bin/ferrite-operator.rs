@@ -2,7 +2,7 @@
 //! process holds the leader Lease.
 //!
 //! ```sh
-//! KUBECONFIG=... ferrite-operator --lease-namespace ferrite-system
+//! KUBECONFIG=... ferrite-operator --lease-namespace ferrite-system --metrics 0.0.0.0:9421
 //! ```
 //!
 //! Exits 0 on SIGINT/SIGTERM, 1 when it loses the Lease or cannot reach the API server.
@@ -14,7 +14,8 @@ use std::time::Duration;
 use clap::Parser;
 use ferrite_operator::crd::{FerriteNode, StoragePool, Volume};
 use ferrite_operator::leader::{self, LeaderConfig};
-use ferrite_operator::reconcile::{self, Context, error_policy};
+use ferrite_operator::metrics::{ControllerKind, Metrics};
+use ferrite_operator::reconcile::{self, Context, error_policy, measured};
 use futures::StreamExt;
 use kube::runtime::{Controller, watcher};
 use kube::{Api, Client};
@@ -53,6 +54,11 @@ struct Args {
     /// (UNAVAILABLE); below the external-provisioner's default 10 s call timeout.
     #[arg(long, default_value_t = 8)]
     csi_wait_secs: u64,
+    /// Serve Prometheus metrics (`GET /metrics`) and `GET /healthz` on this address (e.g.
+    /// `0.0.0.0:9421`); absent or empty: not served. Every instance serves them, leader or
+    /// not (`ferrite_operator_leader` tells which).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<String>,
 }
 
 #[tokio::main]
@@ -75,6 +81,15 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), String> {
+    let metrics = Arc::new(Metrics::new());
+    if let Some(addr) = args.metrics.as_deref().filter(|a| !a.is_empty()) {
+        let addr: std::net::SocketAddr = addr
+            .parse()
+            .map_err(|e| format!("--metrics {addr:?}: {e} (use IP:PORT)"))?;
+        ferrite_operator::metrics::serve(addr, metrics.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     let client = Client::try_default()
         .await
         .map_err(|e| format!("Kubernetes client: {e}"))?;
@@ -114,8 +129,15 @@ async fn run(args: Args) -> Result<(), String> {
                 s.wait = Duration::from_secs(args.csi_wait_secs.max(1));
             }
             let csi = ferrite_operator::csi::Csi(svc);
+            let metrics = metrics.clone();
             Some(tokio::spawn(async move {
-                ferrite_operator::csi::serve(&ep, csi, futures::future::pending()).await
+                ferrite_operator::csi::serve_with_metrics(
+                    &ep,
+                    csi,
+                    metrics,
+                    futures::future::pending(),
+                )
+                .await
             }))
         }
     };
@@ -138,6 +160,7 @@ async fn run(args: Args) -> Result<(), String> {
             () = leader::acquire(client.clone(), &cfg) => {}
         }
     }
+    metrics.set_leader(true);
     let lost = async {
         if args.no_leader_elect {
             futures::future::pending::<String>().await
@@ -150,28 +173,43 @@ async fn run(args: Args) -> Result<(), String> {
     if let Some(c) = Arc::get_mut(&mut ctx) {
         c.resync = Duration::from_secs(args.resync_secs.max(1));
         c.repair_grace = Duration::from_secs(args.repair_grace_secs);
+        c.metrics = metrics.clone();
     }
     tracing::info!(%identity, "starting controllers");
     let controllers = run_controllers(client.clone(), ctx);
-    tokio::select! {
+    let r = tokio::select! {
         r = &mut shutdown => r,
         why = lost => Err(format!("leadership lost: {why}")),
         e = &mut csi_failed => Err(e),
         () = controllers => Err("controllers stopped".into()),
-    }
+    };
+    metrics.set_leader(false);
+    r
 }
 
-/// Runs the three controllers until their watches end.
+/// Runs the three controllers until their watches end; each reconcile is [`measured`].
 async fn run_controllers(client: Client, ctx: Arc<Context>) {
     let wc = watcher::Config::default;
     let nodes = Controller::new(Api::<FerriteNode>::all(client.clone()), wc())
-        .run(reconcile::node::reconcile, error_policy, ctx.clone())
+        .run(
+            |o, c| measured(ControllerKind::Node, reconcile::node::reconcile, o, c),
+            error_policy,
+            ctx.clone(),
+        )
         .for_each(|r| async move { log("FerriteNode", r) });
     let pools = Controller::new(Api::<StoragePool>::all(client.clone()), wc())
-        .run(reconcile::pool::reconcile, error_policy, ctx.clone())
+        .run(
+            |o, c| measured(ControllerKind::Pool, reconcile::pool::reconcile, o, c),
+            error_policy,
+            ctx.clone(),
+        )
         .for_each(|r| async move { log("StoragePool", r) });
     let volumes = Controller::new(Api::<Volume>::all(client), wc())
-        .run(reconcile::volume::reconcile, error_policy, ctx)
+        .run(
+            |o, c| measured(ControllerKind::Volume, reconcile::volume::reconcile, o, c),
+            error_policy,
+            ctx,
+        )
         .for_each(|r| async move { log("Volume", r) });
     futures::join!(nodes, pools, volumes);
 }

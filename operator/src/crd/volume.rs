@@ -195,6 +195,9 @@ pub struct VolumeStatus {
     /// Subsystem NQN hosts connect to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nqn: Option<String>,
+    /// Size in bytes the target serves (grows to `spec.sizeBytes` after an expansion).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<i64>,
     /// NVMe/TCP addresses of the target.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub endpoints: Vec<Endpoint>,

@@ -10,8 +10,12 @@
 //!   destroyed); still there after `wait`: UNAVAILABLE.
 //! - `ControllerPublishVolume` / `Unpublish`: `SetVolumeHosts` on the target node adding or
 //!   removing `node_id` (the node's host NQN); the publish context repeats the location.
-//! - `ControllerExpandVolume`: UNIMPLEMENTED, and EXPAND_VOLUME is not advertised (replicas
-//!   and the mirror cannot grow online yet).
+//! - `ControllerExpandVolume`: raises the Volume's `spec.sizeBytes` (never lowers it) and
+//!   waits up to `wait` for the target to serve the new size (the reconciler grows the
+//!   replicas, then the mirror, online; hosts get a namespace change event). Not there yet:
+//!   UNAVAILABLE with the `Resized` condition's message (the resizer retries). A filesystem
+//!   volume needs node expansion (the CSI node plugin grows the filesystem); a block one not.
+//!   Advertised as EXPAND_VOLUME and plugin capability VolumeExpansion ONLINE.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,7 +25,7 @@ use ferrite_api::csi::v1 as csi;
 use ferrite_api::csi::v1::controller_server::Controller;
 use ferrite_api::csi::v1::identity_server::Identity;
 use ferrite_api::node::v1 as node;
-use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
+use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use tonic::{Request, Response, Status};
 
@@ -29,7 +33,7 @@ use super::params::{
     CSI_NAME_ANNOTATION, PREFERRED_TARGET_ANNOTATION, check_capabilities, preferred_node, size_for,
     volume_name, volume_spec,
 };
-use crate::conditions::SCHEDULED;
+use crate::conditions::{RESIZED, SCHEDULED};
 use crate::crd::{FerriteNode, PoolPhase, StoragePool, Volume, VolumeState};
 use crate::node_api::NodeClients;
 
@@ -139,6 +143,14 @@ impl Identity for Csi {
             capabilities: vec![
                 svc(service::Type::ControllerService),
                 svc(service::Type::VolumeAccessibilityConstraints),
+                csi::PluginCapability {
+                    r#type: Some(Type::VolumeExpansion(
+                        csi::plugin_capability::VolumeExpansion {
+                            r#type: csi::plugin_capability::volume_expansion::Type::Online
+                                as i32,
+                        },
+                    )),
+                },
             ],
         }))
     }
@@ -501,6 +513,7 @@ impl Controller for Csi {
                 cap(rpc::Type::PublishUnpublishVolume),
                 cap(rpc::Type::ListVolumes),
                 cap(rpc::Type::GetCapacity),
+                cap(rpc::Type::ExpandVolume),
             ],
         }))
     }
@@ -528,11 +541,66 @@ impl Controller for Csi {
 
     async fn controller_expand_volume(
         &self,
-        _: Request<csi::ControllerExpandVolumeRequest>,
+        req: Request<csi::ControllerExpandVolumeRequest>,
     ) -> Result<Response<csi::ControllerExpandVolumeResponse>, Status> {
-        Err(Status::unimplemented(
-            "volume expansion is not supported yet",
-        ))
+        let req = req.into_inner();
+        if req.volume_id.is_empty() {
+            return Err(Status::invalid_argument("volume_id missing"));
+        }
+        let range = req
+            .capacity_range
+            .as_ref()
+            .ok_or_else(|| Status::invalid_argument("capacity_range missing"))?;
+        let size = size_for(Some(range))?;
+        let wanted = i64::try_from(size)
+            .map_err(|_| Status::out_of_range(format!("{size} bytes is too large")))?;
+        let block = req.volume_capability.as_ref().is_some_and(|c| {
+            matches!(
+                c.access_type,
+                Some(csi::volume_capability::AccessType::Block(_))
+            )
+        });
+        let api = self.0.volumes();
+        let v = api
+            .get_opt(&req.volume_id)
+            .await
+            .map_err(kube_err)?
+            .ok_or_else(|| Status::not_found(format!("volume {} does not exist", req.volume_id)))?;
+        if v.spec.size_bytes < wanted {
+            let patch = serde_json::json!({ "spec": { "sizeBytes": wanted } });
+            api.patch(
+                &req.volume_id,
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+            .map_err(kube_err)?;
+            tracing::info!(volume = %req.volume_id, bytes = wanted, "Volume expansion requested");
+        }
+        let deadline = Instant::now() + self.0.wait;
+        loop {
+            let v = api.get(&req.volume_id).await.map_err(kube_err)?;
+            let st = v.status.clone().unwrap_or_default();
+            let served = st.size_bytes.unwrap_or(0);
+            if served >= wanted {
+                return Ok(Response::new(csi::ControllerExpandVolumeResponse {
+                    capacity_bytes: served,
+                    node_expansion_required: !block,
+                }));
+            }
+            if Instant::now() >= deadline {
+                let why = st
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == RESIZED && c.status == "False")
+                    .map_or_else(|| "in progress".to_string(), |c| c.message.clone());
+                return Err(Status::unavailable(format!(
+                    "volume {} serves {served} bytes, growing to {wanted}: {why}; retry",
+                    req.volume_id
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 
     async fn controller_get_volume(

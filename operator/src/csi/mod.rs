@@ -76,7 +76,19 @@ pub async fn serve(
     svc: Csi,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
+    let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+    serve_with_metrics(ep, svc, metrics, shutdown).await
+}
+
+/// [`serve`], counting every request in `metrics` by method and gRPC code.
+pub async fn serve_with_metrics(
+    ep: &Endpoint,
+    svc: Csi,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
     let router = tonic::transport::Server::builder()
+        .layer(crate::metrics::CsiLayer(metrics))
         .add_service(IdentityServer::new(svc.clone()))
         .add_service(ControllerServer::new(svc));
     match ep {

@@ -6,7 +6,9 @@
 //! - [`target`]: which node serves a volume's NVMe/TCP target.
 //! - [`repair`]: what to do about faulted, missing and surplus replicas.
 //! - [`status`]: a volume's state and a pool's phase from what was observed.
+//! - [`growth`]: whether a volume's served size must and can grow to its spec.
 
+pub mod growth;
 pub mod model;
 pub mod placement;
 pub mod repair;

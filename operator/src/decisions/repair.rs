@@ -574,6 +574,26 @@ mod tests {
     }
 
     #[test]
+    fn a_replaced_replica_still_listed_is_removed_not_replaced_again() {
+        // Its node did not answer DestroyReplica, so it stays listed until it can be
+        // destroyed; its replacement may not even be created yet.
+        let nodes = [node("a", true), node("b", false), node("c", true)];
+        for new in [Pending, Rebuilding] {
+            let rs = [
+                replica("r1", "a", Online, 9999, true),
+                replica("r2", "b", Faulted, 9999, false),
+                replica("r3", "c", new, 1, new != Pending),
+            ];
+            assert_eq!(
+                plan(2, &rs, &nodes).actions,
+                [RepairAction::Remove {
+                    replica: "r2".into()
+                }]
+            );
+        }
+    }
+
+    #[test]
     fn lost_replicas_beyond_the_desired_count_are_removed_not_replaced() {
         let nodes = [node("a", true), node("b", true), node("c", false)];
         let rs = [

@@ -10,15 +10,17 @@
 //!
 //! Every reconcile is idempotent: it starts from what the API server and the nodes say, and
 //! the node API's mutating calls are idempotent by key. Progress that must survive a restart
-//! (placement) is written to the status before it is acted upon.
+//! (placement) is written to the status before it is acted upon. [`measured`] wraps each
+//! reconcile to count and time it in [`Context::metrics`].
 
+mod expand;
 pub mod node;
 pub mod pool;
 pub mod volume;
 pub mod world;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
@@ -28,6 +30,7 @@ use kube::{Api, Client, Resource};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::metrics::{ControllerKind, Metrics};
 use crate::node_api::NodeClients;
 
 /// The field manager / controller name the operator writes with.
@@ -45,6 +48,8 @@ pub struct Context {
     pub resync: Duration,
     /// How long a Faulted replica whose node is away is waited for before it is replaced.
     pub repair_grace: Duration,
+    /// Where reconciles and the observed object states are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Context {
@@ -63,6 +68,7 @@ impl Context {
             recorder,
             resync: Duration::from_secs(10),
             repair_grace: Duration::from_secs(300),
+            metrics: Arc::new(Metrics::new()),
         })
     }
 
@@ -144,6 +150,25 @@ impl Error {
             message: s.message().into(),
         }
     }
+}
+
+/// Runs `reconcile(obj, ctx)` for a `kind` controller, counting its result and timing it in
+/// `ctx.metrics`.
+pub async fn measured<K, F, Fut>(
+    kind: ControllerKind,
+    reconcile: F,
+    obj: Arc<K>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error>
+where
+    F: FnOnce(Arc<K>, Arc<Context>) -> Fut,
+    Fut: Future<Output = Result<Action, Error>>,
+{
+    let metrics = ctx.metrics.clone();
+    let start = Instant::now();
+    let r = reconcile(obj, ctx).await;
+    metrics.reconciled(kind, start.elapsed(), r.is_ok());
+    r
 }
 
 /// Retry delay after a failed reconcile.

@@ -196,6 +196,7 @@ async fn apply(p: Arc<StoragePool>, ctx: Arc<Context>) -> Result<Action, Error> 
         p.metadata.generation,
         &now(),
     );
+    ctx.metrics.pool_phase(&name, st.phase);
     if st.phase != old.phase {
         let warn = !matches!(st.phase, Some(crate::crd::PoolPhase::Online));
         let msg = conditions_message(&st);
@@ -280,6 +281,7 @@ async fn cleanup(p: Arc<StoragePool>, ctx: Arc<Context>) -> Result<Action, Error
         format!("pool destroyed on node {}", p.spec.node),
     )
     .await;
+    ctx.metrics.forget_pool(&name);
     Ok(Action::await_change())
 }
 

@@ -13,15 +13,19 @@
 //! 4. `GetVolume` on the target node; absent: `CreateVolume` over the replicas (local ones
 //!    with an empty address, remote ones at their node's first NVMe/TCP endpoint); a status
 //!    replica missing from the mirror (added by repair) is added with `AddVolumeReplica`.
+//!    Then growth: a spec size above the served one grows every replica (`ResizeReplica`)
+//!    and then the mirror (`ResizeVolume`) once every replica is in sync (`Resized`
+//!    condition; see [`crate::decisions::growth`]).
 //! 5. Replica states, endpoints and the volume state ([`volume_health`]) into the status,
 //!    with Events on state changes.
 //! 6. Repair ([`plan_repair`]): additions and replacements become new Pending replicas
-//!    (created on the next pass), removals leave the mirror and are destroyed; returning
-//!    replicas are re-connected by the target's mirror itself (partial rebuild). Requeued
-//!    after the shortest wait.
+//!    (created on the next pass), removals leave the mirror and are destroyed (one whose
+//!    node does not answer stays in the status, out of the mirror, until it is); returning
+//!    replicas are re-connected by the target's mirror itself (partial rebuild), or added
+//!    back (in full) if repair had taken them out of it. Requeued after the shortest wait.
 //!
 //! Not done: moving a target off an unreachable node (the volume stays Faulted until the
-//! node returns), and resizing.
+//! node returns).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -33,6 +37,7 @@ use kube::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Fin, finalizer};
 
+use super::expand;
 use super::world::{World, name_of};
 use super::{Context, Error, finalizer_error, now, patch_status};
 use crate::conditions::{self, ConditionUpdate, SCHEDULED, Status, VOLUME_FINALIZER};
@@ -445,7 +450,10 @@ async fn apply(v: Arc<Volume>, ctx: Arc<Context>) -> Result<Action, Error> {
         for r in &st.replicas {
             let in_mirror = vol.replicas.iter().any(|x| x.uuid == r.uuid);
             let created = present.get(&r.node).is_some_and(|p| p.contains(&r.uuid));
-            if in_mirror || !created {
+            // A Faulted replica missing from the mirror was taken out by repair (its node did
+            // not answer DestroyReplica): it is destroyed, or re-added as a returning
+            // replica, by step 6, never re-added here.
+            if in_mirror || !created || r.state == ReplicaState::Faulted {
                 continue;
             }
             if let Some(replica) = volume_replica(r) {
@@ -463,6 +471,19 @@ async fn apply(v: Arc<Volume>, ctx: Arc<Context>) -> Result<Action, Error> {
                 }
             }
         }
+    }
+
+    // 4b. Growth to the spec's size (CSI ControllerExpandVolume raises spec.sizeBytes).
+    let mut grow_retry = None;
+    if let Some(vol) = served.as_mut() {
+        let input = expand::GrowInput {
+            volume: &v,
+            uid: &uid,
+            spec_bytes: spec.size_bytes,
+            generation,
+            now: &t,
+        };
+        grow_retry = expand::reconcile_size(&ctx, &world, &input, &mut st, &mut tc, vol).await;
     }
 
     // 5. Status.
@@ -498,10 +519,11 @@ async fn apply(v: Arc<Volume>, ctx: Arc<Context>) -> Result<Action, Error> {
         .await;
     }
     st.state = Some(health.state);
+    ctx.metrics.volume_state(&name, st.state);
     st.observed_generation = generation;
 
     // 6. Repair (only with a view of the mirror).
-    let mut requeue = ctx.resync;
+    let mut requeue = grow_retry.map_or(ctx.resync, |d| ctx.resync.min(d));
     if served.is_some() {
         let rv = replica_views(&st.replicas, &present, &t);
         let plan = plan_repair(
@@ -549,20 +571,39 @@ async fn apply(v: Arc<Volume>, ctx: Arc<Context>) -> Result<Action, Error> {
                     .await;
                 }
                 RepairAction::Remove { replica } => {
-                    drop_replica(&ctx, &world, &mut tc, &uid, &mut st, &replica).await;
-                    ctx.event(
-                        &*v,
-                        false,
-                        "ReplicaRemoved",
-                        format!("replica {replica} removed"),
-                    )
-                    .await;
+                    if drop_replica(&ctx, &world, &mut tc, &uid, &mut st, &replica).await {
+                        ctx.event(
+                            &*v,
+                            false,
+                            "ReplicaRemoved",
+                            format!("replica {replica} removed"),
+                        )
+                        .await;
+                    }
                 }
                 RepairAction::Blocked { reason, .. } => {
                     tracing::warn!(volume = %name, %reason, "repair blocked");
                 }
                 RepairAction::PartialRebuild { replica } => {
-                    tracing::info!(volume = %name, %replica, "replica returned; the mirror resyncs it");
+                    let in_mirror = served
+                        .as_ref()
+                        .is_some_and(|vol| vol.replicas.iter().any(|x| x.uuid == replica));
+                    if in_mirror {
+                        tracing::info!(volume = %name, %replica, "replica returned; the mirror resyncs it");
+                    } else if let Some(r) = st.replicas.iter().find(|r| r.uuid == replica)
+                        && let Some(vr) = volume_replica(r)
+                    {
+                        // Taken out of the mirror earlier and still needed: back in, in full.
+                        if let Err(s) = tc
+                            .add_volume_replica(api::AddVolumeReplicaRequest {
+                                uuid: uid.clone(),
+                                replica: Some(vr),
+                            })
+                            .await
+                        {
+                            tracing::warn!(volume = %name, %replica, error = %s, "AddVolumeReplica failed");
+                        }
+                    }
                 }
                 RepairAction::Wait { .. } => {}
             }
@@ -574,8 +615,10 @@ async fn apply(v: Arc<Volume>, ctx: Arc<Context>) -> Result<Action, Error> {
     Ok(Action::requeue(requeue))
 }
 
-/// Takes a replica out of the mirror and off its node (best effort: a node that does not
-/// answer keeps an orphan, reported in the log) and out of the status.
+/// Takes a replica out of the mirror and off its node, then out of the status; returns
+/// whether it is gone. A replica whose node does not answer (or refuses) DestroyReplica stays
+/// in the status, out of the mirror, so that it is not orphaned: repair finds it lost or
+/// surplus again on later passes and destroys it once its node is back.
 async fn drop_replica(
     ctx: &Context,
     world: &World,
@@ -583,7 +626,7 @@ async fn drop_replica(
     uid: &str,
     st: &mut VolumeStatus,
     replica: &str,
-) {
+) -> bool {
     if let Err(s) = tc
         .remove_volume_replica(api::RemoveVolumeReplicaRequest {
             uuid: uid.into(),
@@ -594,19 +637,34 @@ async fn drop_replica(
     {
         tracing::warn!(%replica, error = %s, "RemoveVolumeReplica failed");
     }
-    if let Some(r) = st.replicas.iter().find(|r| r.uuid == replica)
-        && let Some(n) = world.nodes.get(&r.node)
-        && let Ok(mut c) = ctx.nodes.client(&n.spec.api_endpoint)
-        && let Err(s) = c
-            .destroy_replica(api::DestroyReplicaRequest {
-                uuid: replica.into(),
-            })
-            .await
-        && s.code() != tonic::Code::NotFound
-    {
-        tracing::warn!(%replica, error = %s, "DestroyReplica failed; orphan left on its node");
+    let Some(node) = st
+        .replicas
+        .iter()
+        .find(|r| r.uuid == replica)
+        .map(|r| r.node.clone())
+    else {
+        return true;
+    };
+    // Without a FerriteNode there is nobody left to ask.
+    if let Some(n) = world.nodes.get(&node) {
+        let destroyed = match ctx.nodes.client(&n.spec.api_endpoint) {
+            Ok(mut c) => c
+                .destroy_replica(api::DestroyReplicaRequest {
+                    uuid: replica.into(),
+                })
+                .await
+                .map(|_| ()),
+            Err(s) => Err(s),
+        };
+        if let Err(s) = destroyed
+            && s.code() != tonic::Code::NotFound
+        {
+            tracing::warn!(%replica, %node, error = %s, "DestroyReplica failed; kept in the status until its node destroys it");
+            return false;
+        }
     }
     st.replicas.retain(|r| r.uuid != replica);
+    true
 }
 
 async fn cleanup(v: Arc<Volume>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -657,6 +715,7 @@ async fn cleanup(v: Arc<Volume>, ctx: Arc<Context>) -> Result<Action, Error> {
         "target and replicas destroyed on the nodes".into(),
     )
     .await;
+    ctx.metrics.forget_volume(&name_of(&v.metadata));
     Ok(Action::await_change())
 }
 

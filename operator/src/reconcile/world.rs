@@ -1,6 +1,6 @@
 //! A snapshot of the cluster as the decisions see it: FerriteNodes, StoragePools and Volumes
 //! turned into [`NodeView`]s, with each pool's provisioned bytes summed from the volumes'
-//! placed replicas.
+//! placed replicas. Each listing also refreshes the metrics' Volume and StoragePool counts.
 
 use std::collections::BTreeMap;
 
@@ -33,6 +33,18 @@ impl World {
             .list(&lp)
             .await?;
         let volumes = Api::<Volume>::all(ctx.client.clone()).list(&lp).await?;
+        ctx.metrics.observe_pools(pools.items.iter().map(|p| {
+            (
+                p.metadata.name.as_deref().unwrap_or_default(),
+                p.status.as_ref().and_then(|s| s.phase),
+            )
+        }));
+        ctx.metrics.observe_volumes(volumes.items.iter().map(|v| {
+            (
+                v.metadata.name.as_deref().unwrap_or_default(),
+                v.status.as_ref().and_then(|s| s.state),
+            )
+        }));
         Ok(World {
             nodes: nodes
                 .items
