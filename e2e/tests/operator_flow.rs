@@ -6,7 +6,9 @@
 //! and does I/O; the replica node killed with SIGKILL makes the Volume Degraded (with an
 //! Event) and restarted brings it back Online; the operator restarted converges; DeleteVolume
 //! removes the target and replicas from the nodes. In between, CSI ControllerExpandVolume
-//! grows the volume online (both replicas, then the mirror) while the host stays connected. Skipped when the bed is not prepared.
+//! grows the volume online (both replicas, then the mirror) while the host stays connected,
+//! and a target destroyed behind the operator's back is re-created with the published host
+//! (kept in `spec.allowedHosts`) and the data. Skipped when the bed is not prepared.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -322,6 +324,32 @@ async fn operator_flow_with_real_datapaths() {
     let report: serde_json::Value = serde_json::from_str(&body).expect("compare JSON");
     assert_eq!(report["identical"], true, "{report}");
     assert_eq!(report["pairs"][0]["bytes_compared"], 96u64 << 20, "{report}");
+    drop(nsp);
+    drop(ctrl);
+
+    // The published host is recorded in the Volume: a target node that loses the volume
+    // (destroyed under the operator's feet) gets it back with the same access list, and the
+    // host reconnects to its data.
+    assert_eq!(jsonpath(&bed, "volume", "pvc-flow", "{.spec.allowedHosts[*]}"), HOST);
+    let target_node = if target == "a" { &a } else { &b };
+    let mut tn = target_node.client().await;
+    tn.destroy_volume(pb::DestroyVolumeRequest { uuid: uid.clone() }).await.expect("destroy the target");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let back = loop {
+        if let Ok(v) = tn.get_volume(pb::GetVolumeRequest { uuid: uid.clone() }).await {
+            let v = v.into_inner();
+            if v.state == pb::VolumeState::Online as i32 {
+                break v;
+            }
+        }
+        assert!(Instant::now() < deadline, "the operator did not re-create the target");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(back.allowed_hosts, vec![HOST.to_string()], "{back:?}");
+    assert_eq!(back.size_bytes, 96 << 20, "the grown size is in the labels");
+    let (ctrl, nsp) = connect(&p.publish_context).await;
+    assert!(nsp.read(tail, 16).await.expect("read")[..] == pattern(3)[..]);
+    assert!(nsp.read(64, 16).await.expect("read")[..] == pattern(2)[..]);
     drop(nsp);
     drop(ctrl);
 

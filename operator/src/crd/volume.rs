@@ -84,6 +84,13 @@ pub struct VolumeSpec {
     /// Filesystem hint for the CSI node plugin (see [`FsType`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fs_type: Option<FsType>,
+    /// Host NQNs allowed to connect to the volume's NVMe/TCP target. The CSI controller adds
+    /// a node's host NQN on ControllerPublishVolume and removes it on Unpublish; the
+    /// reconciler keeps the target's access list equal to this one, also when it has to
+    /// create the target again (a node that lost its state). Empty: no host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub allowed_hosts: Vec<String>,
 }
 
 fn default_replicas() -> i32 {
@@ -293,6 +300,7 @@ mod tests {
             thin: true,
             topology: None,
             fs_type: None,
+            allowed_hosts: Vec::new(),
         };
         assert!(matches!(
             spec(0, 2).validate(),

@@ -8,8 +8,10 @@
 //!   holds `nqn`, `targets` and `nsid`.
 //! - `DeleteVolume`: deletes the Volume and waits for its finalizer (target and replicas
 //!   destroyed); still there after `wait`: UNAVAILABLE.
-//! - `ControllerPublishVolume` / `Unpublish`: `SetVolumeHosts` on the target node adding or
-//!   removing `node_id` (the node's host NQN); the publish context repeats the location.
+//! - `ControllerPublishVolume` / `Unpublish`: adds or removes `node_id` (the node's host NQN)
+//!   in the Volume's `spec.allowedHosts` and applies the list with `SetVolumeHosts` on the
+//!   target node (the reconciler keeps enforcing it, so a target created again gets it
+//!   back); the publish context repeats the location.
 //! - `ControllerExpandVolume`: raises the Volume's `spec.sizeBytes` (never lowers it) and
 //!   waits up to `wait` for the target to serve the new size (the reconciler grows the
 //!   replicas, then the mirror, online; hosts get a namespace change event). Not there yet:
@@ -189,30 +191,65 @@ impl Csi {
         Ok((c, uid))
     }
 
+    /// Adds (publish) or removes (unpublish) `host` in the Volume's `spec.allowedHosts`,
+    /// the record the reconciler enforces on the target, then applies the list to the
+    /// target now. The spec update is guarded by the resourceVersion and retried on a
+    /// conflict. An unpublish whose target does not answer succeeds: the reconciler applies
+    /// the list when the target is back.
     async fn set_host(&self, v: &Volume, host: &str, add: bool) -> Result<(), Status> {
-        let (mut c, uid) = self.target(v).await?;
-        let current = c
-            .get_volume(node::GetVolumeRequest { uuid: uid.clone() })
-            .await
-            .map_err(|s| Status::unavailable(format!("target: {}", s.message())))?
-            .into_inner();
-        let mut hosts = current.allowed_hosts;
-        let present = hosts.iter().any(|h| h == host);
-        if add == present {
-            return Ok(());
-        }
         if add {
-            hosts.push(host.to_string());
-        } else {
-            hosts.retain(|h| h != host);
+            ferrite_protocol::nqn::validate(host).map_err(|e| {
+                Status::not_found(format!("node_id {host:?} is not a host NQN: {e}"))
+            })?;
         }
-        c.set_volume_hosts(node::SetVolumeHostsRequest {
-            uuid: uid,
-            allowed_hosts: hosts,
-        })
-        .await
-        .map_err(|s| Status::unavailable(format!("SetVolumeHosts: {}", s.message())))?;
-        Ok(())
+        let api = self.0.volumes();
+        let name = v.metadata.name.clone().unwrap_or_default();
+        let mut v = v.clone();
+        let mut attempts = 0;
+        loop {
+            let mut hosts = v.spec.allowed_hosts.clone();
+            if add == hosts.iter().any(|h| h == host) {
+                break;
+            }
+            if add {
+                hosts.push(host.to_string());
+            } else {
+                hosts.retain(|h| h != host);
+            }
+            let patch = serde_json::json!({
+                "metadata": { "resourceVersion": v.metadata.resource_version },
+                "spec": { "allowedHosts": hosts },
+            });
+            match api
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(updated) => v = updated,
+                Err(kube::Error::Api(s)) if s.code == 409 && attempts < 5 => {
+                    attempts += 1;
+                    v = api.get(&name).await.map_err(kube_err)?;
+                }
+                Err(e) => return Err(kube_err(e)),
+            }
+        }
+        let applied = async {
+            let (mut c, uid) = self.target(&v).await?;
+            c.set_volume_hosts(node::SetVolumeHostsRequest {
+                uuid: uid,
+                allowed_hosts: v.spec.allowed_hosts.clone(),
+            })
+            .await
+            .map_err(|s| Status::unavailable(format!("SetVolumeHosts: {}", s.message())))
+        }
+        .await;
+        match applied {
+            Ok(_) => Ok(()),
+            Err(s) if !add => {
+                tracing::warn!(volume = %name, %host, error = %s.message(), "target not updated; the reconciler will");
+                Ok(())
+            }
+            Err(s) => Err(s),
+        }
     }
 }
 

@@ -173,6 +173,7 @@ pub fn volume_spec(
         thin,
         topology,
         fs_type,
+        allowed_hosts: Vec::new(),
     })
 }
 

@@ -15,7 +15,8 @@
 //!    replica missing from the mirror (added by repair) is added with `AddVolumeReplica`.
 //!    Then growth: a spec size above the served one grows every replica (`ResizeReplica`)
 //!    and then the mirror (`ResizeVolume`) once every replica is in sync (`Resized`
-//!    condition; see [`crate::decisions::growth`]).
+//!    condition; see [`crate::decisions::growth`]). And the target's access list is set to
+//!    `spec.allowedHosts` when it differs (a target created again gets its hosts back).
 //! 5. Replica states, endpoints and the volume state ([`volume_health`]) into the status,
 //!    with Events on state changes.
 //! 6. Repair ([`plan_repair`]): additions and replacements become new Pending replicas
@@ -427,7 +428,7 @@ async fn apply(v: Arc<Volume>, ctx: Arc<Context>) -> Result<Action, Error> {
                 uuid: uid.clone(),
                 nqn: nqn.clone(),
                 replicas,
-                allowed_hosts: vec![],
+                allowed_hosts: v.spec.allowed_hosts.clone(),
             };
             let vol = tc
                 .create_volume(req)
@@ -484,6 +485,29 @@ async fn apply(v: Arc<Volume>, ctx: Arc<Context>) -> Result<Action, Error> {
             now: &t,
         };
         grow_retry = expand::reconcile_size(&ctx, &world, &input, &mut st, &mut tc, vol).await;
+    }
+
+    // 4c. The target's access list is the spec's (the CSI controller maintains it).
+    if let Some(vol) = served.as_mut() {
+        let want: BTreeSet<&String> = v.spec.allowed_hosts.iter().collect();
+        let have: BTreeSet<&String> = vol.allowed_hosts.iter().collect();
+        if want != have {
+            match tc
+                .set_volume_hosts(api::SetVolumeHostsRequest {
+                    uuid: uid.clone(),
+                    allowed_hosts: v.spec.allowed_hosts.clone(),
+                })
+                .await
+            {
+                Ok(nv) => {
+                    tracing::info!(volume = %name, hosts = ?v.spec.allowed_hosts, "target access list applied");
+                    *vol = nv.into_inner();
+                }
+                Err(s) => {
+                    tracing::warn!(volume = %name, error = %s, "SetVolumeHosts failed");
+                }
+            }
+        }
     }
 
     // 5. Status.

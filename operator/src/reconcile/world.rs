@@ -154,6 +154,7 @@ mod tests {
                 thin: true,
                 topology: None,
                 fs_type: None,
+                allowed_hosts: Vec::new(),
             },
         );
         v.status = Some(VolumeStatus {
