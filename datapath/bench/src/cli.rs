@@ -194,6 +194,9 @@ pub struct RebuildArgs {
     /// I/O queues of the mirror's connection to the new remote replica.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub replica_io_queues: u16,
+    /// Regions the rebuild copies at once (the mirror's `rebuild_parallelism`).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub parallel: u32,
     /// Worker threads of the tokio runtime everything runs on [default: the number of CPUs].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub threads: Option<u32>,

@@ -94,6 +94,7 @@ pub(crate) async fn tcp_stream(bytes: u64, chunk: usize) -> Result<Transfer> {
 async fn rebuild_once(args: &RebuildArgs, round: u32) -> Result<Transfer> {
     let opts = MirrorOptions {
         region_size: args.region_size,
+        rebuild_parallelism: args.parallel as usize,
         ..MirrorOptions::default()
     };
     let local = replica_device(args.size)?;
@@ -171,11 +172,12 @@ pub async fn run(args: &RebuildArgs, threads: usize) -> Result<()> {
         .filter(|&c| c > 0)
         .context("--chunk must be between 1 byte and the address space")?;
     println!(
-        "ferrite-bench rebuild: full rebuild of a {} mirror (local RAM replica, {} regions) onto a \
-         new remote RAM replica over loopback NVMe/TCP ({} I/O queue(s)), against a {} loopback TCP \
+        "ferrite-bench rebuild: full rebuild of a {} mirror (local RAM replica, {} regions, {} \
+         copied at once) onto a new remote RAM replica over loopback NVMe/TCP ({} I/O queue(s)), against a {} loopback TCP \
          stream in {} writes; {threads} runtime thread(s), {} round(s)",
         format_size(args.size),
         format_size(args.region_size),
+        args.parallel,
         args.replica_io_queues,
         format_size(args.size),
         format_size(args.chunk),
@@ -206,6 +208,7 @@ pub async fn run(args: &RebuildArgs, threads: usize) -> Result<()> {
         ("region_size", args.region_size.to_string()),
         ("chunk", args.chunk.to_string()),
         ("replica_io_queues", args.replica_io_queues.to_string()),
+        ("parallel", args.parallel.to_string()),
         ("threads", threads.to_string()),
         ("rounds", args.rounds.to_string()),
     ];

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use ferrite_block::BlockDevice;
 use ferrite_block::mirror::{
-    Mirror, MirrorError, RebuildKind, ReplicaState, compare_replicas, inspect,
+    Mirror, MirrorError, MirrorOptions, RebuildKind, ReplicaState, compare_replicas, inspect,
 };
 use mirror_support::*;
 
@@ -159,6 +159,37 @@ async fn mirror_new_empty_replica_gets_a_full_rebuild() {
             m.add_replica(connector(4, &tiny)).await,
             Err(MirrorError::TooSmall { .. })
         ));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn mirror_rebuild_copies_regions_in_parallel_up_to_the_option() {
+    bounded(60, "test", async {
+        for width in [1usize, 4] {
+            let a = Faulty::ram(SIZE);
+            let opts = MirrorOptions {
+                rebuild_parallelism: width,
+                ..fast_opts()
+            };
+            let m = Mirror::create([0x40 + width as u8; 16], vec![connector(1, &a)], opts)
+                .await
+                .expect("create");
+            for r in (0..63u64).step_by(5) {
+                m.write(r * PER_REGION, pattern(4096, r), false).await.unwrap();
+            }
+            let c = Faulty::ram(SIZE);
+            c.write_delay_ms.store(5, Ordering::SeqCst);
+            m.add_replica(connector(2, &c)).await.unwrap();
+            wait_for(&m, 30, "full rebuild", all_healthy).await;
+            let most = c.max_writes_in_flight.load(Ordering::SeqCst);
+            assert_eq!(most, width as u64, "copies in flight with rebuild_parallelism {width}");
+            let r = compare_replicas(a.inner().as_ref(), c.inner().as_ref(), MIB)
+                .await
+                .unwrap();
+            assert!(r.identical(), "{r:?}");
+            m.close().await.unwrap();
+        }
     })
     .await;
 }

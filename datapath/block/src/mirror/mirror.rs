@@ -45,6 +45,9 @@ pub struct MirrorOptions {
     /// others (for replicas whose initial contents may differ). Default false: all replicas
     /// start in sync, which is right for fresh thin volumes (they all read as zeroes).
     pub sync_on_create: bool,
+    /// Regions a rebuild copies at once (each under its own region lock, so host writes to
+    /// other regions go on). Default 4; 1 copies one region at a time.
+    pub rebuild_parallelism: usize,
 }
 
 impl Default for MirrorOptions {
@@ -57,6 +60,7 @@ impl Default for MirrorOptions {
             reconnect_max: Duration::from_secs(5),
             allow_missing_in_sync: false,
             sync_on_create: false,
+            rebuild_parallelism: 4,
         }
     }
 }

@@ -43,8 +43,9 @@
 //!   (dirty regions only), else full. In-sync replicas that are unreachable refuse assembly
 //!   unless [`MirrorOptions::allow_missing_in_sync`]. After an unclean shutdown the other
 //!   in-sync replicas are resynced against the primary (compare and copy differing regions).
-//! - **Rebuild** copies region by region under a per-region lock that host writes also take
-//!   (shared), so a copy is never interleaved with a host write to that region; when done the
+//! - **Rebuild** copies regions (up to [`MirrorOptions::rebuild_parallelism`] at once, 4 by
+//!   default) each under its region lock that host writes also take (shared), so a copy is
+//!   never interleaved with a host write to that region; when done the
 //!   target joins the in-sync set (new generation) and the bitmap is cleared once every member
 //!   is in sync.
 //! - **Grow** ([`Mirror::grow`]): with every replica healthy and in sync and every replica

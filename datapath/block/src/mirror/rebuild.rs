@@ -6,6 +6,8 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use futures::stream::{self, StreamExt};
+
 use tracing::{debug, error, info, warn};
 
 use crate::BlockDevice;
@@ -249,13 +251,23 @@ impl Inner {
             None => Box::new(0..geo.nregions),
             Some(l) => Box::new(l.into_iter()),
         };
-        for r in regions {
-            if self.shutdown.load(Ordering::Acquire)
-                || !self.copy_region(&id, epoch, r, &tracker).await
-            {
+        // Up to `rebuild_parallelism` regions in flight; the first copy that says stop (the
+        // target faulted, no source left, shutdown) ends the rebuild, dropping the others.
+        let me = &self;
+        let tracker_ref = &*tracker;
+        let id_ref = &id;
+        let mut copies = stream::iter(regions)
+            .map(|r| async move {
+                !me.shutdown.load(Ordering::Acquire)
+                    && me.copy_region(id_ref, epoch, r, tracker_ref).await
+            })
+            .buffer_unordered(self.opts.rebuild_parallelism.max(1));
+        while let Some(go_on) = copies.next().await {
+            if !go_on {
                 return;
             }
         }
+        drop(copies);
         self.finish_rebuild(id, epoch, &tracker).await;
     }
 

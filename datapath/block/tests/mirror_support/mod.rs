@@ -43,6 +43,9 @@ pub struct Faulty {
     pub flushes: AtomicU64,
     /// Data-area FUA writes that reached the device.
     pub fua_writes: AtomicU64,
+    /// Data-area writes in progress now, and the most seen at once.
+    pub writes_in_flight: AtomicU64,
+    pub max_writes_in_flight: AtomicU64,
 }
 
 impl Faulty {
@@ -55,6 +58,8 @@ impl Faulty {
             write_delay_ms: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
             fua_writes: AtomicU64::new(0),
+            writes_in_flight: AtomicU64::new(0),
+            max_writes_in_flight: AtomicU64::new(0),
         })
     }
 
@@ -120,9 +125,19 @@ impl BlockDevice for Faulty {
     }
     async fn write(&self, lba: u64, data: IoBuf, fua: bool) -> Result<(), BlockError> {
         self.gate("write").await?;
+        let in_data = self.in_data(lba);
+        if in_data {
+            let now = self.writes_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.max_writes_in_flight.fetch_max(now, Ordering::SeqCst);
+        }
         let delay = self.write_delay_ms.load(Ordering::SeqCst);
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        if in_data {
+            self.writes_in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
+        if delay > 0 {
             self.gate("write").await?;
         }
         if self.in_data(lba) {
