@@ -1,6 +1,7 @@
 //! One NVMe/TCP connection (one queue): connection initialization, PDU reading and
-//! validation, R2T/H2CData reassembly, dispatch of commands to their executors, and the
-//! writer that sends responses, C2HData and R2T PDUs. Malformed PDUs end the connection with
+//! validation, R2T/H2CData reassembly, dispatch of commands to their executors (run on the
+//! reader's own task, see `running.rs`), and the writer that sends responses, C2HData and
+//! R2T PDUs. Malformed PDUs end the connection with
 //! a C2HTermReq carrying the fatal error status; nothing on this path panics.
 
 use std::collections::HashMap;
@@ -25,6 +26,7 @@ use tracing::{debug, info, warn};
 
 use crate::controller::Controller;
 use crate::registry::{Shared, signalled};
+use crate::running::Running;
 use crate::{admin, fabrics, io};
 
 /// How long a new connection may take to send its ICReq.
@@ -153,8 +155,10 @@ struct Queue {
     sqhd: Arc<AtomicU16>,
     sqid: Arc<AtomicU16>,
     pending: HashMap<u16, PendingWrite>,
-    /// Shared with the writer and, once bound, with the command tasks.
+    /// Shared with the writer and, once bound, with the commands.
     inflight: Arc<AtomicUsize>,
+    /// Commands executing, driven by this connection's task.
+    running: Running,
 }
 
 /// Serves one accepted TCP connection until it closes.
@@ -186,7 +190,7 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
     let sqhd = Arc::new(AtomicU16::new(0));
     let sqid = Arc::new(AtomicU16::new(0));
     let inflight = Arc::new(AtomicUsize::new(0));
-    let writer = tokio::spawn(write_loop(
+    let mut writer = tokio::spawn(write_loop(
         wr,
         rx,
         digests,
@@ -210,6 +214,7 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
         sqid,
         pending: HashMap::new(),
         inflight,
+        running: Running::default(),
     };
 
     let stop = tokio::select! {
@@ -235,12 +240,15 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
             ctx.controller.unbind_io_queue(ctx.qid);
         }
     }
+    let running = q.running.clone();
     drop(q);
     if drain_writer {
-        let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
-    } else {
-        writer.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(1), &mut writer).await;
     }
+    // With the writer gone, replies fail at once: the commands still executing finish
+    // (none is cancelled half-way) without waiting for a host that may not read.
+    writer.abort();
+    running.drain().await;
 }
 
 /// Reads the ICReq and answers with ICResp. Returns the negotiated digests.
@@ -273,8 +281,17 @@ impl Queue {
     }
 
     async fn read_loop(&mut self, rd: &mut BufReader<OwnedReadHalf>) -> Stop {
+        let running = self.running.clone();
+        let commands = running.drive();
+        tokio::pin!(commands);
         loop {
-            match self.read_one(rd).await {
+            // `commands` never completes, so a PDU read is never cancelled half-way.
+            let step = tokio::select! {
+                biased;
+                () = &mut commands => continue,
+                r = self.read_one(rd) => r,
+            };
+            match step {
                 Ok(true) => {}
                 Ok(false) => return Stop::Closed,
                 Err(s) => return s,
@@ -412,7 +429,7 @@ impl Queue {
             }
         }
         self.admit(&ctx)?;
-        tokio::spawn(execute(ctx, sqe, data));
+        self.running.push(execute(ctx, sqe, data));
         Ok(true)
     }
 
@@ -485,7 +502,7 @@ impl Queue {
             return Ok(());
         }
         if let Some(ctx) = self.ctx.clone() {
-            tokio::spawn(execute(ctx, p.sqe, Some(p.buf)));
+            self.running.push(execute(ctx, p.sqe, Some(p.buf)));
         }
         Ok(())
     }
@@ -611,8 +628,8 @@ async fn write_loop(
         };
         // (The command whose reply this is may still be counted: more than one means others.)
         if rx.is_empty() && inflight.load(Ordering::Acquire) > 1 {
-            // Other commands of this queue are still running as separate tasks: let those
-            // already runnable finish and queue their replies, so that one send carries many
+            // Other commands of this queue are still executing (on the reader's task): let
+            // those already runnable finish and queue their replies, so that one send carries many
             // (fewer system calls per I/O under load). With nothing else in flight (queue
             // depth 1) the reply goes out at once.
             tokio::task::yield_now().await;

@@ -17,6 +17,7 @@ mod identity;
 mod io;
 mod options;
 mod registry;
+mod running;
 pub mod stats;
 mod subsystem;
 
