@@ -27,6 +27,8 @@ pub enum Mode {
     Disconnected = 2,
     /// Every I/O hangs forever (a stuck replica).
     Hang = 3,
+    /// Writes to the label reserve (the first MiB) fail with EIO; everything else passes.
+    FailLabelWrites = 4,
 }
 
 /// A fault-injecting wrapper around a real device.
@@ -76,6 +78,7 @@ impl Faulty {
             1 => Mode::FailIo,
             2 => Mode::Disconnected,
             3 => Mode::Hang,
+            4 => Mode::FailLabelWrites,
             _ => Mode::Ok,
         }
     }
@@ -90,7 +93,7 @@ impl Faulty {
 
     async fn gate(&self, op: &'static str) -> Result<(), BlockError> {
         match self.mode() {
-            Mode::Ok => Ok(()),
+            Mode::Ok | Mode::FailLabelWrites => Ok(()),
             Mode::FailIo => Err(BlockError::Io {
                 op,
                 source: std::io::Error::from_raw_os_error(5),
@@ -126,6 +129,12 @@ impl BlockDevice for Faulty {
     async fn write(&self, lba: u64, data: IoBuf, fua: bool) -> Result<(), BlockError> {
         self.gate("write").await?;
         let in_data = self.in_data(lba);
+        if !in_data && self.mode() == Mode::FailLabelWrites {
+            return Err(BlockError::Io {
+                op: "write",
+                source: std::io::Error::from_raw_os_error(5),
+            });
+        }
         if in_data {
             let now = self.writes_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
             self.max_writes_in_flight.fetch_max(now, Ordering::SeqCst);
