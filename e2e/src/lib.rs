@@ -2,6 +2,7 @@
 //! processes, and running guest scripts in the QEMU kernel-initiator bed (`e2e/qemu`), and
 //! CSI clients.
 
+pub mod api_node;
 pub mod csi;
 pub mod cluster;
 pub mod datapath;

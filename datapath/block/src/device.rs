@@ -54,6 +54,12 @@ pub trait BlockDevice: Send + Sync + 'static {
     /// Releases the space behind `nblocks` blocks at `lba`; afterwards they read as zeroes.
     async fn deallocate(&self, lba: u64, nblocks: u64) -> Result<(), BlockError>;
 
+    /// Why the device is known to be unusable without trying I/O (a remote device whose
+    /// connection closed or stopped answering keep-alives), if it is. Default: never known.
+    fn failure(&self) -> Option<String> {
+        None
+    }
+
     /// Re-reads the capacity from wherever it lives (a remote controller's Identify data,
     /// for instance) after the device may have grown, and returns it in bytes. Devices
     /// whose [`BlockDevice::num_blocks`] is always current need not override it.

@@ -106,6 +106,11 @@ impl BlockDevice for RemoteNamespace {
         self.ctrl.identify().vwc
     }
 
+    /// The controller's connection failure (closed, reset, keep-alive timeout), if any.
+    fn failure(&self) -> Option<String> {
+        self.ctrl.failure().map(|e| e.to_string())
+    }
+
     fn describe(&self) -> String {
         format!(
             "nvme-tcp {} {} nsid {}",

@@ -425,6 +425,7 @@ async fn start(s: Start) -> Result<Mirror, MirrorError> {
     for id in reconnects {
         inner.spawn_reconnect(id, 1);
     }
+    inner.spawn_health_watch();
     Ok(mirror)
 }
 

@@ -45,6 +45,11 @@ pub struct MirrorOptions {
     /// others (for replicas whose initial contents may differ). Default false: all replicas
     /// start in sync, which is right for fresh thin volumes (they all read as zeroes).
     pub sync_on_create: bool,
+    /// How often replica devices are asked whether they are known to have failed
+    /// ([`crate::BlockDevice::failure`]: a remote replica's closed connection), so that a lost
+    /// replica is faulted (and the mirror reported degraded) without waiting for I/O.
+    /// Default 1 s; `None` disables the check.
+    pub health_interval: Option<Duration>,
     /// Regions a rebuild copies at once (each under its own region lock, so host writes to
     /// other regions go on). Default 4; 1 copies one region at a time.
     pub rebuild_parallelism: usize,
@@ -61,6 +66,7 @@ impl Default for MirrorOptions {
             allow_missing_in_sync: false,
             sync_on_create: false,
             rebuild_parallelism: 4,
+            health_interval: Some(Duration::from_secs(1)),
         }
     }
 }

@@ -31,6 +31,9 @@
 //!   offline (host I/O fails fast) until it returns.
 //! - **Write intent**: while any member is out of sync, the first write to each region sets
 //!   the region's bit in the persisted bitmap before the write is sent.
+//! - **Liveness**: every `health_interval` (1 s) the replica devices are asked whether they
+//!   know they failed (a remote replica's connection closed or missed keep-alives); such a
+//!   replica is faulted as if an I/O had failed, so an idle volume reports a lost replica.
 //! - **Reads** go round-robin over healthy in-sync replicas only; a failed read is retried on
 //!   another and the failing replica is faulted. Stale and rebuilding replicas never serve
 //!   reads and are never rebuild sources.
@@ -61,6 +64,7 @@ mod bitmap;
 mod compare;
 mod error;
 mod grow;
+mod health;
 mod label;
 mod locks;
 #[allow(clippy::module_inception)]

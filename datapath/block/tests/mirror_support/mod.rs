@@ -45,6 +45,9 @@ pub struct Faulty {
     pub flushes: AtomicU64,
     /// Data-area FUA writes that reached the device.
     pub fua_writes: AtomicU64,
+    /// While `Disconnected`, also report the loss through `BlockDevice::failure` (as a remote
+    /// device whose connection closed does) instead of only failing I/O.
+    pub announces_loss: std::sync::atomic::AtomicBool,
     /// Data-area writes in progress now, and the most seen at once.
     pub writes_in_flight: AtomicU64,
     pub max_writes_in_flight: AtomicU64,
@@ -60,6 +63,7 @@ impl Faulty {
             write_delay_ms: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
             fua_writes: AtomicU64::new(0),
+            announces_loss: std::sync::atomic::AtomicBool::new(false),
             writes_in_flight: AtomicU64::new(0),
             max_writes_in_flight: AtomicU64::new(0),
         })
@@ -118,6 +122,10 @@ impl BlockDevice for Faulty {
     }
     fn describe(&self) -> String {
         format!("faulty {}", self.inner.describe())
+    }
+    fn failure(&self) -> Option<String> {
+        (self.mode() == Mode::Disconnected && self.announces_loss.load(Ordering::SeqCst))
+            .then(|| "injected: connection closed".to_string())
     }
     async fn read(&self, lba: u64, nblocks: u32) -> Result<IoBuf, BlockError> {
         self.gate("read").await?;
