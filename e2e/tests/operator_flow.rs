@@ -11,8 +11,6 @@
 //! (kept in `spec.allowedHosts`) and the data. Skipped when the bed is not prepared.
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,79 +19,13 @@ use ferrite_api::csi::v1::controller_client::ControllerClient;
 use ferrite_api::csi::v1::controller_service_capability::rpc;
 use ferrite_api::csi::v1::volume_capability::{AccessMode, AccessType, BlockVolume, access_mode::Mode};
 use ferrite_api::node::v1 as pb;
-use ferrite_api::node::v1::node_client::NodeClient;
 use ferrite_block::{BlockDevice, IoBuf};
+use ferrite_e2e::api_node::ApiNode;
 use ferrite_e2e::kube::{KubeBed, OperatorProcess, operator_binary};
 use ferrite_host::{Controller, HostOptions, RemoteNamespace};
 
 const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:5a1e0b7c-0c3f-4d6a-9b1e-0f1e2d3c4b5a";
 
-/// One datapath process; SIGKILLed when dropped.
-struct Node {
-    child: Option<Child>,
-    name: &'static str,
-    ip: &'static str,
-}
-
-impl Node {
-    fn start(bin: &Path, name: &'static str, ip: &'static str, dir: &Path) -> Node {
-        let mut n = Node { child: None, name, ip };
-        n.spawn(bin, dir);
-        n
-    }
-
-    fn spawn(&mut self, bin: &Path, dir: &Path) {
-        let config = dir.join(format!("{}.yaml", self.name));
-        std::fs::write(&config, format!("node: {{name: {}}}\n", self.name)).expect("config");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join(format!("{}.log", self.name)))
-            .expect("log");
-        let child = Command::new(bin)
-            .arg("--config")
-            .arg(&config)
-            .args(["--listen", &format!("{}:4420", self.ip)])
-            .args(["--grpc", &format!("{}:9500", self.ip)])
-            .args(["--http", &format!("{}:9420", self.ip)])
-            .arg("--state-dir")
-            .arg(dir.join(format!("{}-state", self.name)))
-            .args(["--log-level", "info"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start datapath");
-        self.child = Some(child);
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}:9500", self.ip)
-    }
-
-    async fn client(&self) -> NodeClient<tonic::transport::Channel> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match NodeClient::connect(self.url()).await {
-                Ok(c) => return c,
-                Err(e) if Instant::now() > deadline => panic!("node API of {} not up: {e}", self.name),
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
 
 fn jsonpath(bed: &KubeBed, kind: &str, name: &str, path: &str) -> String {
     bed.kubectl(&["get", kind, name, "-o", &format!("jsonpath={path}")])
@@ -171,8 +103,8 @@ async fn operator_flow_with_real_datapaths() {
     .expect("setup");
     let tmp = tempfile::tempdir().expect("tmp");
     let dir = tmp.path();
-    let mut a = Node::start(&dp_bin, "a", "127.0.35.1", dir);
-    let mut b = Node::start(&dp_bin, "b", "127.0.35.2", dir);
+    let mut a = ApiNode::start(&dp_bin, "a", "127.0.35.1", dir).expect("node a");
+    let mut b = ApiNode::start(&dp_bin, "b", "127.0.35.2", dir).expect("node b");
     a.client().await;
     b.client().await;
 
@@ -269,7 +201,7 @@ async fn operator_flow_with_real_datapaths() {
         .kubectl_ok(&["get", "events.events.k8s.io", "-A", "-o", "jsonpath={.items[*].reason}"])
         .unwrap_or_default();
     assert!(events.contains("VolumeDegraded"), "events: {events}");
-    victim.spawn(&dp_bin, dir);
+    victim.restart().expect("restart the victim");
     wait_eq(&bed, "volume", "pvc-flow", "{.status.state}", "Online", 120).await;
 
     // The operator restarted converges to the same placement.

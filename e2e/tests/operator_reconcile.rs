@@ -1,219 +1,31 @@
 //! The operator binary against a real Kubernetes 1.20 API server (the `e2e/kube` bed) and
-//! two in-process **fake** node API servers (in-memory `ferrite.node.v1.Node`, recording
-//! every call): StoragePools come Online with capacity; a Volume gets two replicas on
-//! distinct nodes, a target, and goes Online; a replica reported faulted makes it Degraded
-//! (with an Event) and back Online; deleting a pool in use is blocked with a condition; the
-//! operator restarted converges without re-placing; deleting the Volume destroys the target
-//! and replicas on the nodes, after which the pool deletion completes (DestroyPool); the
-//! leader Lease is held. The operators run with `--metrics`: `/metrics` counts pool
-//! reconciles, StoragePools by phase and Volumes by state, says who leads (1 on the leader, 0
-//! on a standby) and counts CSI requests by method and gRPC code. Skipped when the bed is not
-//! prepared.
+//! two real `ferrite-datapath` processes driven through their node API (pools on sparse files):
+//! StoragePools come Online with the capacity the nodes report; a Volume gets two replicas on
+//! distinct nodes (the remote one exported to the target node's host NQN), a target, and goes
+//! Online; the replica node killed with SIGKILL makes it Degraded (with an Event; the mirror
+//! notices the closed connection without host I/O) and restarted brings it back Online;
+//! deleting a pool in use is blocked with a condition; the operator restarted converges
+//! without re-placing; deleting the Volume destroys the target and replicas on the nodes,
+//! after which the pool deletion completes; the leader Lease is held. The operators run with
+//! `--metrics`: `/metrics` counts pool reconciles, StoragePools by phase and Volumes by
+//! state, says who leads (1 on the leader, 0 on a standby) and counts CSI requests by method
+//! and gRPC code. Skipped when the bed is not prepared.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use ferrite_api::node::v1 as api;
-use ferrite_api::node::v1::node_server::{Node, NodeServer};
+use ferrite_e2e::api_node::ApiNode;
 use ferrite_e2e::kube::KubeBed;
-use tonic::{Request, Response, Status};
 
-#[derive(Default)]
-struct State {
-    pools: BTreeMap<String, api::Pool>,
-    replicas: BTreeMap<String, api::Replica>,
-    volumes: BTreeMap<String, api::Volume>,
-    faulted: BTreeSet<String>,
-    calls: Vec<String>,
-}
-
-#[derive(Clone)]
-struct FakeNode {
-    name: String,
-    nvme: String,
-    state: Arc<Mutex<State>>,
-}
-
-impl FakeNode {
-    fn st(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-    fn with_states(&self, mut v: api::Volume) -> api::Volume {
-        let st = self.st();
-        for r in &mut v.replicas {
-            r.state = if st.faulted.contains(&r.uuid) {
-                api::ReplicaState::Faulted as i32
-            } else {
-                api::ReplicaState::Healthy as i32
-            };
-        }
-        v.state = if v.replicas.iter().all(|r| r.state == api::ReplicaState::Healthy as i32) {
-            api::VolumeState::Online as i32
-        } else {
-            api::VolumeState::Degraded as i32
-        };
-        v
-    }
-}
-
-type R<T> = Result<Response<T>, Status>;
-
-#[tonic::async_trait]
-impl Node for FakeNode {
-    async fn get_node_info(&self, _: Request<api::GetNodeInfoRequest>) -> R<api::NodeInfo> {
-        Ok(Response::new(api::NodeInfo {
-            name: self.name.clone(),
-            host_nqn: format!("nqn.2024-01.dev.ferrite:node-{}", self.name),
-            nvme_endpoints: vec![self.nvme.clone()],
-            version: "fake".into(),
-        }))
-    }
-    async fn create_pool(&self, r: Request<api::CreatePoolRequest>) -> R<api::Pool> {
-        let r = r.into_inner();
-        let mut st = self.st();
-        st.calls.push(format!("CreatePool {}", r.name));
-        let pool = api::Pool {
-            name: r.name.clone(),
-            uuid: "p".into(),
-            disks: r.disks.clone(),
-            stripe_size: r.stripe_size,
-            capacity_bytes: 256 << 20,
-            used_bytes: 0,
-            free_bytes: 256 << 20,
-            state: api::PoolState::Online as i32,
-            members: r.disks.iter().map(|d| api::PoolMember { disk: d.clone(), state: "online".into() }).collect(),
-        };
-        st.pools.insert(r.name, pool.clone());
-        Ok(Response::new(pool))
-    }
-    async fn destroy_pool(&self, r: Request<api::DestroyPoolRequest>) -> R<api::DestroyPoolResponse> {
-        let r = r.into_inner();
-        let mut st = self.st();
-        st.calls.push(format!("DestroyPool {}", r.name));
-        if st.replicas.values().any(|x| x.pool == r.name) {
-            return Err(Status::failed_precondition("pool holds replicas"));
-        }
-        st.pools.remove(&r.name).map(|_| Response::new(api::DestroyPoolResponse {})).ok_or_else(|| Status::not_found("no pool"))
-    }
-    async fn list_pools(&self, _: Request<api::ListPoolsRequest>) -> R<api::ListPoolsResponse> {
-        Ok(Response::new(api::ListPoolsResponse { pools: self.st().pools.values().cloned().collect() }))
-    }
-    async fn create_replica(&self, r: Request<api::CreateReplicaRequest>) -> R<api::Replica> {
-        let r = r.into_inner();
-        let mut st = self.st();
-        st.calls.push(format!("CreateReplica {} hosts={:?}", r.uuid, r.allowed_hosts));
-        if !st.pools.contains_key(&r.pool) {
-            return Err(Status::not_found("no pool"));
-        }
-        let rep = api::Replica {
-            uuid: r.uuid.clone(),
-            pool: r.pool,
-            size_bytes: r.size_bytes,
-            thin: r.thin,
-            allocated_bytes: 0,
-            nqn: format!("nqn.2024-01.dev.ferrite:replica-{}", r.uuid),
-            allowed_hosts: r.allowed_hosts,
-        };
-        st.replicas.insert(r.uuid, rep.clone());
-        Ok(Response::new(rep))
-    }
-    async fn destroy_replica(&self, r: Request<api::DestroyReplicaRequest>) -> R<api::DestroyReplicaResponse> {
-        let r = r.into_inner();
-        let mut st = self.st();
-        st.calls.push(format!("DestroyReplica {}", r.uuid));
-        st.replicas.remove(&r.uuid).map(|_| Response::new(api::DestroyReplicaResponse {})).ok_or_else(|| Status::not_found("no replica"))
-    }
-    async fn resize_replica(&self, _: Request<api::ResizeReplicaRequest>) -> R<api::Replica> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn export_replica(&self, _: Request<api::ExportReplicaRequest>) -> R<api::Replica> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn list_replicas(&self, _: Request<api::ListReplicasRequest>) -> R<api::ListReplicasResponse> {
-        Ok(Response::new(api::ListReplicasResponse { replicas: self.st().replicas.values().cloned().collect() }))
-    }
-    async fn create_volume(&self, r: Request<api::CreateVolumeRequest>) -> R<api::Volume> {
-        let r = r.into_inner();
-        let v = {
-            let mut st = self.st();
-            st.calls.push(format!(
-                "CreateVolume {} {}",
-                r.uuid,
-                r.replicas.iter().map(|x| format!("{}@{}", x.uuid, x.address)).collect::<Vec<_>>().join(",")
-            ));
-            let v = api::Volume {
-                uuid: r.uuid.clone(),
-                nqn: r.nqn,
-                size_bytes: 64 << 20,
-                replicas: r.replicas.iter().map(|x| api::VolumeReplicaStatus { uuid: x.uuid.clone(), ..Default::default() }).collect(),
-                allowed_hosts: r.allowed_hosts,
-                endpoints: vec![self.nvme.clone()],
-                ..Default::default()
-            };
-            st.volumes.insert(r.uuid, v.clone());
-            v
-        };
-        Ok(Response::new(self.with_states(v)))
-    }
-    async fn destroy_volume(&self, r: Request<api::DestroyVolumeRequest>) -> R<api::DestroyVolumeResponse> {
-        let r = r.into_inner();
-        let mut st = self.st();
-        st.calls.push(format!("DestroyVolume {}", r.uuid));
-        st.volumes.remove(&r.uuid).map(|_| Response::new(api::DestroyVolumeResponse {})).ok_or_else(|| Status::not_found("no volume"))
-    }
-    async fn add_volume_replica(&self, _: Request<api::AddVolumeReplicaRequest>) -> R<api::Volume> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn remove_volume_replica(&self, _: Request<api::RemoveVolumeReplicaRequest>) -> R<api::Volume> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn resize_volume(&self, _: Request<api::ResizeVolumeRequest>) -> R<api::Volume> {
-        Err(Status::unimplemented("fake"))
-    }
-    async fn set_volume_hosts(&self, r: Request<api::SetVolumeHostsRequest>) -> R<api::Volume> {
-        let r = r.into_inner();
-        let v = {
-            let mut st = self.st();
-            st.calls.push(format!("SetVolumeHosts {} {:?}", r.uuid, r.allowed_hosts));
-            let v = st.volumes.get_mut(&r.uuid).ok_or_else(|| Status::not_found("no volume"))?;
-            v.allowed_hosts = r.allowed_hosts;
-            v.clone()
-        };
-        Ok(Response::new(self.with_states(v)))
-    }
-    async fn get_volume(&self, r: Request<api::GetVolumeRequest>) -> R<api::Volume> {
-        let uuid = r.into_inner().uuid;
-        let v = self.st().volumes.get(&uuid).cloned().ok_or_else(|| Status::not_found("no volume"))?;
-        Ok(Response::new(self.with_states(v)))
-    }
-    async fn list_volumes(&self, _: Request<api::ListVolumesRequest>) -> R<api::ListVolumesResponse> {
-        let vols: Vec<api::Volume> = self.st().volumes.values().cloned().collect();
-        Ok(Response::new(api::ListVolumesResponse { volumes: vols.into_iter().map(|v| self.with_states(v)).collect() }))
-    }
-}
-
-/// Starts a fake node on a free port; returns it and its API URL.
-async fn fake_node(name: &str) -> (FakeNode, String) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let node = FakeNode { name: name.into(), nvme: format!("127.0.0.1:{}", 4420 + addr.port() % 1000), state: Default::default() };
-    let svc = NodeServer::new(node.clone());
-    tokio::spawn(async move {
-        let incoming = tokio_stream_listener(listener);
-        let _ = tonic::transport::Server::builder().add_service(svc).serve_with_incoming(incoming).await;
-    });
-    (node, format!("http://{addr}"))
-}
-
-fn tokio_stream_listener(
-    l: tokio::net::TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    futures::stream::unfold(l, |l| async move {
-        let r = l.accept().await.map(|(s, _)| s);
-        Some((r, l))
-    })
+/// Builds (or finds) the operator and datapath binaries and starts a bed with the CRDs.
+fn setup() -> (KubeBed, PathBuf, PathBuf) {
+    let bin = operator_binary();
+    let dp = ferrite_e2e::datapath::binary().expect("datapath binary");
+    let bed = KubeBed::start().expect("start bed");
+    bed.install_crds().expect("crds");
+    (bed, bin, dp)
 }
 
 fn operator_binary() -> std::path::PathBuf {
@@ -321,38 +133,30 @@ async fn operator_reconciles_pools_and_volumes() {
         eprintln!("skipped: the kube bed is not prepared (e2e/kube/prepare.sh)");
         return;
     }
-    let (bed, bin) = tokio::task::spawn_blocking(|| {
-        let bin = operator_binary();
-        let bed = KubeBed::start().expect("start bed");
-        bed.install_crds().expect("crds");
-        (bed, bin)
-    })
-    .await
-    .expect("setup");
-    let (a, a_url) = fake_node("a").await;
-    let (b, b_url) = fake_node("b").await;
+    let (bed, bin, dp) = tokio::task::spawn_blocking(setup).await.expect("setup");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut a = ApiNode::start(&dp, "a", "127.0.37.1", tmp.path()).expect("node a");
+    let mut b = ApiNode::start(&dp, "b", "127.0.37.2", tmp.path()).expect("node b");
+    a.client().await;
+    b.client().await;
     let bed = Arc::new(bed);
-    let objects = format!(
-        "apiVersion: ferrite.dev/v1alpha1\nkind: FerriteNode\nmetadata: {{name: a}}\nspec: {{apiEndpoint: '{a_url}'}}\n---\n\
-         apiVersion: ferrite.dev/v1alpha1\nkind: FerriteNode\nmetadata: {{name: b}}\nspec: {{apiEndpoint: '{b_url}'}}\n---\n\
-         apiVersion: ferrite.dev/v1alpha1\nkind: StoragePool\nmetadata: {{name: pa}}\nspec: {{node: a, disks: ['ram:256MiB']}}\n---\n\
-         apiVersion: ferrite.dev/v1alpha1\nkind: StoragePool\nmetadata: {{name: pb}}\nspec: {{node: b, disks: ['ram:256MiB']}}\n"
-    );
-    let bed2 = bed.clone();
-    let a2 = a.clone();
-    let b2 = b.clone();
+    let rt = tokio::runtime::Handle::current();
+    let dir = tmp.path().to_path_buf();
     tokio::task::spawn_blocking(move || {
-        let bed = bed2;
-        let r = bed.kubectl_stdin(&["apply", "-f", "-"], &objects).expect("kubectl");
-        assert!(r.ok, "{}", r.stderr);
+        register_nodes(&bed, &a.url(), &b.url(), &dir);
         let (margs, maddr) = metrics_args();
         let op = start_operator_with(&bed, &bin, 1, &margs);
 
-        // Nodes and pools.
+        // Nodes and pools: the capacity is what the node reports for its pool.
         wait_eq(&bed, "fnode", "a", "{.status.phase}", "Ready", 60);
         wait_eq(&bed, "fnode", "b", "{.status.hostNqn}", "nqn.2024-01.dev.ferrite:node-b", 30);
         wait_eq(&bed, "storagepool", "pa", "{.status.phase}", "Online", 30);
         wait_eq(&bed, "storagepool", "pb", "{.status.phase}", "Online", 30);
+        let pools = rt.block_on(a.pools());
+        assert_eq!(pools.len(), 1, "{pools:?}");
+        assert!(pools[0].capacity_bytes > 200 << 20 && pools[0].capacity_bytes <= 256 << 20, "{pools:?}");
+        wait_eq(&bed, "storagepool", "pa", "{.status.capacityBytes}", &pools[0].capacity_bytes.to_string(), 10);
+        wait_eq(&bed, "storagepool", "pa", "{.metadata.finalizers[0]}", "ferrite.dev/pool-protection", 10);
 
         // The metrics endpoint: pool reconciles counted, this instance leads, both pools
         // Online.
@@ -363,8 +167,6 @@ async fn operator_reconciles_pools_and_volumes() {
         wait_metric(maddr, "ferrite_operator_leader", &[], |v| v == 1.0, 10);
         wait_metric(maddr, "ferrite_operator_storage_pools", &[("phase", "Online")], |v| v == 2.0, 10);
         wait_metric(maddr, "ferrite_operator_storage_pools", &[("phase", "Pending")], |v| v == 0.0, 10);
-        wait_eq(&bed, "storagepool", "pa", "{.status.capacityBytes}", &(256u64 << 20).to_string(), 10);
-        wait_eq(&bed, "storagepool", "pa", "{.metadata.finalizers[0]}", "ferrite.dev/pool-protection", 10);
 
         // A volume.
         let vol = "apiVersion: ferrite.dev/v1alpha1\nkind: Volume\nmetadata: {name: vol-1}\nspec: {sizeBytes: 67108864}\n";
@@ -381,23 +183,23 @@ async fn operator_reconciles_pools_and_volumes() {
         let uid = jsonpath(&bed, "volume", "vol-1", "{.metadata.uid}");
         assert_eq!(jsonpath(&bed, "volume", "vol-1", "{.status.nqn}"), format!("nqn.2024-01.dev.ferrite:volume-{uid}"));
         assert!(!jsonpath(&bed, "volume", "vol-1", "{.status.endpoints[0].port}").is_empty());
-        let (tn, other) = if target == "a" { (&a2, &b2) } else { (&b2, &a2) };
-        assert!(tn.st().volumes.contains_key(&uid), "target created on {target}");
-        let other_calls = other.st().calls.join("\n");
+        let (tn, other) = if target == "a" { (&mut a, &mut b) } else { (&mut b, &mut a) };
+        assert!(rt.block_on(tn.volumes()).iter().any(|v| v.uuid == uid), "target created on {target}");
+        let remote = rt.block_on(other.replicas());
+        let target_host = format!("nqn.2024-01.dev.ferrite:node-{target}");
         assert!(
-            other_calls.contains(&format!("hosts=[\"nqn.2024-01.dev.ferrite:node-{target}\"]")),
-            "remote replica exported to the target's host NQN:\n{other_calls}"
+            remote.iter().any(|r| uuids.contains(&r.uuid) && r.allowed_hosts == [target_host.clone()]),
+            "remote replica exported to the target's host NQN only: {remote:?}"
         );
         wait_eq(&bed, "storagepool", "pa", "{.status.provisionedBytes}", &((64u64 << 20) + (1 << 20)).to_string(), 20);
 
-        // A replica faulted: Degraded, with an Event; healthy again: Online.
-        let remote_uuid = uuids.split_whitespace().find(|u| other.st().replicas.contains_key(*u)).expect("remote replica").to_string();
-        tn.st().faulted.insert(remote_uuid.clone());
-        wait_eq(&bed, "volume", "vol-1", "{.status.state}", "Degraded", 30);
+        // The replica node killed: Degraded, with an Event; restarted: Online.
+        other.kill9();
+        wait_eq(&bed, "volume", "vol-1", "{.status.state}", "Degraded", 60);
         let events = bed.kubectl_ok(&["get", "events.events.k8s.io", "-A", "-o", "jsonpath={.items[*].reason}"]).expect("events");
         assert!(events.contains("VolumeDegraded"), "events: {events}");
-        tn.st().faulted.clear();
-        wait_eq(&bed, "volume", "vol-1", "{.status.state}", "Online", 30);
+        other.restart().expect("restart");
+        wait_eq(&bed, "volume", "vol-1", "{.status.state}", "Online", 90);
 
         // Deleting a pool in use is blocked with a condition.
         let r = bed.kubectl(&["delete", "storagepool", "pa", "--wait=false"]).expect("kubectl");
@@ -422,45 +224,46 @@ async fn operator_reconciles_pools_and_volumes() {
         drop(standby);
         wait_eq(&bed, "volume", "vol-1", "{.status.state}", "Online", 60);
         assert_eq!(jsonpath(&bed, "volume", "vol-1", "{.status.replicas[*].uuid}"), uuids);
-        // ... and reconciles: a fault shows up again.
-        tn.st().faulted.insert(remote_uuid.clone());
-        wait_eq(&bed, "volume", "vol-1", "{.status.state}", "Degraded", 30);
-        tn.st().faulted.clear();
-        wait_eq(&bed, "volume", "vol-1", "{.status.state}", "Online", 30);
+        // ... and reconciles: a lost replica shows up again.
+        other.kill9();
+        wait_eq(&bed, "volume", "vol-1", "{.status.state}", "Degraded", 60);
+        other.restart().expect("restart");
+        wait_eq(&bed, "volume", "vol-1", "{.status.state}", "Online", 90);
 
         // Deleting the volume removes everything from the nodes; then the pool goes too.
         let r = bed.kubectl(&["delete", "volume", "vol-1", "--timeout=60s"]).expect("kubectl");
         assert!(r.ok, "{}", r.stderr);
-        for n in [&a2, &b2] {
-            let st = n.st();
-            assert!(st.volumes.is_empty() && st.replicas.is_empty(), "left on {}: {:?}", n.name, st.calls);
+        for n in [&a, &b] {
+            let (vols, reps) = (rt.block_on(n.volumes()), rt.block_on(n.replicas()));
+            assert!(vols.is_empty() && reps.is_empty(), "left on {}: {vols:?} {reps:?}", n.name);
         }
         bed.wait_for("pool pa deleted", Duration::from_secs(60), || {
             bed.kubectl(&["get", "storagepool", "pa"]).ok().filter(|r| !r.ok)
         })
         .expect("pool deletion");
-        assert!(a2.st().calls.iter().any(|c| c == "DestroyPool pa"));
-        assert!(a2.st().pools.is_empty());
+        assert!(rt.block_on(a.pools()).is_empty(), "pool pa destroyed on node a");
         drop(op);
     })
     .await
     .expect("test body");
 }
 
-/// Registers fake nodes `a` and `b` with a pool each and waits until the pools are Online.
-fn register_nodes(bed: &KubeBed, a_url: &str, b_url: &str) {
+/// Registers nodes `a` and `b` (their node API URLs) with a pool each on a sparse file in
+/// `dir`.
+fn register_nodes(bed: &KubeBed, a_url: &str, b_url: &str, dir: &std::path::Path) {
+    let d = dir.display();
     let objects = format!(
         "apiVersion: ferrite.dev/v1alpha1\nkind: FerriteNode\nmetadata: {{name: a}}\nspec: {{apiEndpoint: '{a_url}'}}\n---\n\
          apiVersion: ferrite.dev/v1alpha1\nkind: FerriteNode\nmetadata: {{name: b}}\nspec: {{apiEndpoint: '{b_url}'}}\n---\n\
-         apiVersion: ferrite.dev/v1alpha1\nkind: StoragePool\nmetadata: {{name: pa}}\nspec: {{node: a, disks: ['ram:256MiB']}}\n---\n\
-         apiVersion: ferrite.dev/v1alpha1\nkind: StoragePool\nmetadata: {{name: pb}}\nspec: {{node: b, disks: ['ram:256MiB']}}\n"
+         apiVersion: ferrite.dev/v1alpha1\nkind: StoragePool\nmetadata: {{name: pa}}\nspec: {{node: a, disks: ['file:{d}/a0.img:256MiB']}}\n---\n\
+         apiVersion: ferrite.dev/v1alpha1\nkind: StoragePool\nmetadata: {{name: pb}}\nspec: {{node: b, disks: ['file:{d}/b0.img:256MiB']}}\n"
     );
     let r = bed.kubectl_stdin(&["apply", "-f", "-"], &objects).expect("kubectl");
     assert!(r.ok, "{}", r.stderr);
 }
 
 /// The CSI Identity and Controller services of the operator over TCP, against the bed and
-/// two fake nodes.
+/// two real nodes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn csi_controller_service() {
     use ferrite_api::csi::v1 as csi;
@@ -472,23 +275,20 @@ async fn csi_controller_service() {
         eprintln!("skipped: the kube bed is not prepared (e2e/kube/prepare.sh)");
         return;
     }
-    let (bed, bin) = tokio::task::spawn_blocking(|| {
-        let bin = operator_binary();
-        let bed = KubeBed::start().expect("start bed");
-        bed.install_crds().expect("crds");
-        (bed, bin)
-    })
-    .await
-    .expect("setup");
-    let (a, a_url) = fake_node("a").await;
-    let (b, b_url) = fake_node("b").await;
+    let (bed, bin, dp) = tokio::task::spawn_blocking(setup).await.expect("setup");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let a = ApiNode::start(&dp, "a", "127.0.38.1", tmp.path()).expect("node a");
+    let b = ApiNode::start(&dp, "b", "127.0.38.2", tmp.path()).expect("node b");
+    a.client().await;
+    b.client().await;
+    let (a_url, b_url, dir) = (a.url(), b.url(), tmp.path().to_path_buf());
     let port = ferrite_e2e::free_port().expect("port");
     let (mut args, maddr) = metrics_args();
     args.extend(["--csi-endpoint".into(), format!("tcp://127.0.0.1:{port}"), "--csi-wait-secs".into(), "20".into()]);
     let bed = Arc::new(bed);
     let bed2 = bed.clone();
     let op = tokio::task::spawn_blocking(move || {
-        register_nodes(&bed2, &a_url, &b_url);
+        register_nodes(&bed2, &a_url, &b_url, &dir);
         let op = start_operator_with(&bed2, &bin, 1, &args);
         wait_eq(&bed2, "storagepool", "pa", "{.status.phase}", "Online", 60);
         wait_eq(&bed2, "storagepool", "pb", "{.status.phase}", "Online", 30);
@@ -558,10 +358,10 @@ async fn csi_controller_service() {
         .expect("publish")
         .into_inner();
     assert_eq!(p.publish_context["nqn"], ctx["nqn"]);
-    let hosts = |n: &FakeNode| n.st().volumes.values().flat_map(|v| v.allowed_hosts.clone()).collect::<Vec<_>>();
-    let mut all = hosts(&a);
-    all.extend(hosts(&b));
-    assert_eq!(all, vec![host.to_string()]);
+    // The target (on b) allows exactly that host; the Volume records it.
+    let hosts = |vols: Vec<ferrite_api::node::v1::Volume>| vols.into_iter().flat_map(|v| v.allowed_hosts).collect::<Vec<_>>();
+    assert_eq!(hosts(b.volumes().await), vec![host.to_string()]);
+    assert!(hosts(a.volumes().await).is_empty());
     c.controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest {
         volume_id: "pvc-0001".into(),
         node_id: host.into(),
@@ -569,7 +369,18 @@ async fn csi_controller_service() {
     })
     .await
     .expect("unpublish");
-    assert!(hosts(&a).is_empty() && hosts(&b).is_empty());
+    assert!(hosts(a.volumes().await).is_empty() && hosts(b.volumes().await).is_empty());
+    // A node_id that is not a host NQN is not a node.
+    let e = c
+        .controller_publish_volume(csi::ControllerPublishVolumeRequest {
+            volume_id: "pvc-0001".into(),
+            node_id: "not an nqn".into(),
+            volume_capability: Some(cap.clone()),
+            ..Default::default()
+        })
+        .await
+        .expect_err("bad node id");
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
 
     // Validate, list, capacity, expand.
     let ok = c
@@ -593,8 +404,16 @@ async fn csi_controller_service() {
     assert_eq!(e.code(), tonic::Code::NotFound);
     let l = c.list_volumes(csi::ListVolumesRequest { max_entries: 1, starting_token: String::new() }).await.expect("list").into_inner();
     assert_eq!((l.entries.len(), l.next_token.as_str()), (1, "1"));
+    // Capacity: the free bytes the pools report (no data written, so they hold still).
+    let bed4 = bed.clone();
+    let free: i64 = tokio::task::spawn_blocking(move || {
+        ["pa", "pb"].iter().map(|p| jsonpath(&bed4, "storagepool", p, "{.status.freeBytes}").parse::<i64>().unwrap_or(-1)).sum()
+    })
+    .await
+    .expect("free bytes");
     let cap_resp = c.get_capacity(csi::GetCapacityRequest::default()).await.expect("capacity").into_inner();
-    assert_eq!(cap_resp.available_capacity, 512 << 20);
+    assert!(free > 400 << 20, "free {free}");
+    assert_eq!(cap_resp.available_capacity, free);
     let e = c.controller_expand_volume(csi::ControllerExpandVolumeRequest { volume_id: "pvc-0001".into(), ..Default::default() }).await.expect_err("expand");
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "no capacity range: {e:?}");
 
@@ -604,8 +423,8 @@ async fn csi_controller_service() {
     }
     c.delete_volume(csi::DeleteVolumeRequest { volume_id: "pvc-0001".into(), ..Default::default() }).await.expect("delete again");
     for n in [&a, &b] {
-        let st = n.st();
-        assert!(st.volumes.is_empty() && st.replicas.is_empty(), "left on {}: {:?}", n.name, st.calls);
+        let (vols, reps) = (n.volumes().await, n.replicas().await);
+        assert!(vols.is_empty() && reps.is_empty(), "left on {}: {vols:?} {reps:?}", n.name);
     }
 
     // Every CSI request was counted by method and gRPC code.

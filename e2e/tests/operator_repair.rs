@@ -18,8 +18,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -30,8 +29,8 @@ use ferrite_api::csi::v1::volume_capability::{
     AccessMode, AccessType, BlockVolume, access_mode::Mode,
 };
 use ferrite_api::node::v1 as pb;
-use ferrite_api::node::v1::node_client::NodeClient;
 use ferrite_block::{BlockDevice, IoBuf};
+use ferrite_e2e::api_node::ApiNode;
 use ferrite_e2e::kube::{KubeBed, OperatorProcess, operator_binary};
 use ferrite_host::{Controller, HostOptions, RemoteNamespace};
 use serde_json::Value;
@@ -51,101 +50,6 @@ const NODES: [(&str, &str); 3] = [
     ("b", "127.0.36.2"),
     ("c", "127.0.36.3"),
 ];
-
-/// One datapath process; SIGKILLed when dropped.
-struct Node {
-    child: Option<Child>,
-    name: &'static str,
-    ip: &'static str,
-}
-
-impl Node {
-    fn start(bin: &Path, name: &'static str, ip: &'static str, dir: &Path) -> Node {
-        let mut n = Node {
-            child: None,
-            name,
-            ip,
-        };
-        n.spawn(bin, dir);
-        n
-    }
-
-    fn spawn(&mut self, bin: &Path, dir: &Path) {
-        let config = dir.join(format!("{}.yaml", self.name));
-        std::fs::write(&config, format!("node: {{name: {}}}\n", self.name)).expect("config");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join(format!("{}.log", self.name)))
-            .expect("log");
-        let child = Command::new(bin)
-            .arg("--config")
-            .arg(&config)
-            .args(["--listen", &format!("{}:4420", self.ip)])
-            .args(["--grpc", &format!("{}:9500", self.ip)])
-            .args(["--http", &format!("{}:9420", self.ip)])
-            .arg("--state-dir")
-            .arg(dir.join(format!("{}-state", self.name)))
-            .args(["--log-level", "info"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start datapath");
-        self.child = Some(child);
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}:9500", self.ip)
-    }
-
-    async fn client(&self) -> NodeClient<tonic::transport::Channel> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match NodeClient::connect(self.url()).await {
-                Ok(c) => return c,
-                Err(e) if Instant::now() > deadline => {
-                    panic!("node API of {} not up: {e}", self.name)
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-    }
-
-    async fn replicas(&self) -> Vec<String> {
-        let mut c = self.client().await;
-        let r = c
-            .list_replicas(pb::ListReplicasRequest {})
-            .await
-            .expect("ListReplicas");
-        r.into_inner()
-            .replicas
-            .into_iter()
-            .map(|r| r.uuid)
-            .collect()
-    }
-
-    async fn volumes(&self) -> Vec<String> {
-        let mut c = self.client().await;
-        let r = c
-            .list_volumes(pb::ListVolumesRequest {})
-            .await
-            .expect("ListVolumes");
-        r.into_inner().volumes.into_iter().map(|v| v.uuid).collect()
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
 
 /// An Event about the volume.
 #[derive(Debug)]
@@ -410,9 +314,9 @@ async fn a_lost_replica_is_replaced_and_the_returning_one_removed() {
     };
 
     // 1. Three nodes with a pool each; the operator with a short grace.
-    let mut nodes: Vec<Node> = NODES
+    let mut nodes: Vec<ApiNode> = NODES
         .iter()
-        .map(|(name, ip)| Node::start(&dp_bin, name, ip, dir))
+        .map(|(name, ip)| ApiNode::start(&dp_bin, name, ip, dir).expect("start node"))
         .collect();
     for n in &nodes {
         n.client().await;
@@ -707,10 +611,10 @@ async fn a_lost_replica_is_replaced_and_the_returning_one_removed() {
     );
 
     // 5. The victim back: its stale replica is destroyed, the volume stays Online.
-    nodes[vi].spawn(&dp_bin, dir);
+    nodes[vi].restart().expect("restart the victim");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let left = nodes[vi].replicas().await;
+        let left: Vec<String> = nodes[vi].replicas().await.into_iter().map(|r| r.uuid).collect();
         if left.is_empty() {
             break;
         }
