@@ -321,6 +321,15 @@ async fn node_api_pools_replicas_volumes_restart() {
     assert_eq!(code(ca.resize_replica(pb::ResizeReplicaRequest { uuid: RX.into(), size_bytes: 4 << 20 }).await), Code::InvalidArgument);
     assert_eq!(code(ca.resize_replica(pb::ResizeReplicaRequest { uuid: RC.into(), size_bytes: 4 << 20 }).await), Code::NotFound);
     ca.destroy_replica(pb::DestroyReplicaRequest { uuid: RX.into() }).await.unwrap();
+    // A thick replica cannot grow past the pool's free space; nothing changes.
+    ca.create_replica(replica_req(RX, "pa", 8 << 20, false, &[])).await.unwrap();
+    assert_eq!(
+        code(ca.resize_replica(pb::ResizeReplicaRequest { uuid: RX.into(), size_bytes: 10 << 30 }).await),
+        Code::ResourceExhausted
+    );
+    let rx = ca.list_replicas(pb::ListReplicasRequest {}).await.unwrap().into_inner().replicas;
+    assert_eq!(rx.iter().find(|r| r.uuid == RX).map(|r| r.size_bytes), Some(8 << 20), "{rx:?}");
+    ca.destroy_replica(pb::DestroyReplicaRequest { uuid: RX.into() }).await.unwrap();
 
     // Clean-up, each call twice (idempotent).
     for _ in 0..2 {
