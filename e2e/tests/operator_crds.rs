@@ -134,6 +134,10 @@ fn crds_install_validate_and_print() {
     let bad_node = "apiVersion: ferrite.dev/v1alpha1\nkind: FerriteNode\nmetadata: {name: bad}\nspec: {apiEndpoint: 'ftp://x'}\n";
     let r = bed.kubectl_stdin(&["apply", "-f", "-"], bad_node).expect("kubectl");
     assert!(!r.ok && r.stderr.contains("spec.apiEndpoint"), "{}", r.stderr);
+    // A Volume allowing a host that is not an NQN is refused.
+    let bad_host = "apiVersion: ferrite.dev/v1alpha1\nkind: Volume\nmetadata: {name: bad-host}\nspec: {sizeBytes: 4096, allowedHosts: [node-1]}\n";
+    let r = bed.kubectl_stdin(&["apply", "-f", "-"], bad_host).expect("kubectl");
+    assert!(!r.ok && r.stderr.contains("spec.allowedHosts"), "{}", r.stderr);
 
     // The bed stays usable for waits.
     bed.wait_for("pool-a listed", Duration::from_secs(5), || {

@@ -63,4 +63,12 @@ pub enum SpecError {
          file:/PATH, file:/PATH:SIZE or ram:SIZE"
     )]
     BadDisk(String),
+    /// A host entry is not an NVMe qualified name.
+    #[error("spec.allowedHosts entry {value:?} is not a host NQN: {reason}")]
+    BadHostNqn {
+        /// The entry.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }

@@ -89,7 +89,10 @@ pub struct VolumeSpec {
     /// reconciler keeps the target's access list equal to this one, also when it has to
     /// create the target again (a node that lost its state). Empty: no host.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    #[schemars(extend(
+        "x-kubernetes-list-type" = "set",
+        "items" = {"type": "string", "pattern": "^nqn\\.[0-9]{4}-[0-9]{2}\\..+", "maxLength": 223}
+    ))]
     pub allowed_hosts: Vec<String>,
 }
 
@@ -257,6 +260,12 @@ impl VolumeSpec {
                 max: i64::from(MAX_REPLICAS),
             });
         }
+        for h in &self.allowed_hosts {
+            ferrite_protocol::nqn::validate(h).map_err(|e| SpecError::BadHostNqn {
+                value: h.clone(),
+                reason: e.to_string(),
+            })?;
+        }
         let replicas = usize::try_from(self.replicas).unwrap_or(1);
         let topology = self.topology.clone().unwrap_or_default();
         let allowed_nodes = if topology.allowed_nodes.is_empty() {
@@ -328,6 +337,13 @@ mod tests {
             err.to_string(),
             "spec.replicas is 4; it must be between 1 and 3"
         );
+        let mut hosts = spec(4096, 2);
+        hosts.allowed_hosts = vec!["nqn.2014-08.org.nvmexpress:uuid:0f6a0e0b-4d8a-4d2c-9d1e-2c1b8b4c5d6e".into()];
+        assert!(hosts.validate().is_ok());
+        hosts.allowed_hosts.push("node-1".into());
+        let err = hosts.validate().unwrap_err();
+        assert!(matches!(err, SpecError::BadHostNqn { .. }), "{err}");
+        assert!(err.to_string().contains("\"node-1\""), "{err}");
     }
 
     #[test]
