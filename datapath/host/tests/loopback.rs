@@ -677,8 +677,15 @@ impl FreezableProxy {
                                 tokio::time::sleep(Duration::from_millis(10)).await;
                             }
                             let n = match r.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => n,
+                                Ok(n) if n > 0 => n,
+                                _ => {
+                                    // A partition is silent: an end seen while frozen is not
+                                    // passed on (the other side keeps its socket open).
+                                    while f.load(Ordering::SeqCst) {
+                                        tokio::time::sleep(Duration::from_millis(10)).await;
+                                    }
+                                    return;
+                                }
                             };
                             while f.load(Ordering::SeqCst) {
                                 tokio::time::sleep(Duration::from_millis(10)).await;
