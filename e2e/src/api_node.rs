@@ -77,14 +77,7 @@ impl ApiNode {
 
     /// A node API client, waiting up to 30 s for the node to listen.
     pub async fn client(&self) -> NodeClient<Channel> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match NodeClient::connect(self.url()).await {
-                Ok(c) => return c,
-                Err(e) if Instant::now() > deadline => panic!("node API of {} not up: {e}", self.name),
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
+        node_api_client(&self.url()).await
     }
 
     /// The replicas the node holds (ListReplicas).
@@ -100,6 +93,18 @@ impl ApiNode {
     /// The pools the node holds (ListPools).
     pub async fn pools(&self) -> Vec<pb::Pool> {
         self.client().await.list_pools(pb::ListPoolsRequest {}).await.expect("ListPools").into_inner().pools
+    }
+}
+
+/// A client of the node API at `url` (`http://IP:PORT`), waiting up to 30 s for it to listen.
+pub async fn node_api_client(url: &str) -> NodeClient<Channel> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match NodeClient::connect(url.to_string()).await {
+            Ok(c) => return c,
+            Err(e) if Instant::now() > deadline => panic!("node API at {url} not up: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
     }
 }
 

@@ -13,10 +13,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ferrite_api::node::v1 as pb;
-use ferrite_api::node::v1::node_client::NodeClient;
+use ferrite_e2e::api_node::node_api_client;
 use ferrite_e2e::cluster::Node;
 use ferrite_e2e::{free_port, workspace_root};
-use tonic::transport::Channel;
 
 const VOLUME: &str = "00000000-0000-4000-8000-00000000f001";
 const REPLICA_A: &str = "00000000-0000-4000-8000-0000000000fa";
@@ -26,17 +25,6 @@ const MIB: u64 = 1 << 20;
 /// The volume before and after growing (each replica holds 1 MiB more: the mirror's labels).
 const OLD_SIZE: u64 = 64 * MIB;
 const NEW_SIZE: u64 = 192 * MIB;
-
-async fn client(addr: SocketAddr) -> NodeClient<Channel> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match NodeClient::connect(format!("http://{addr}")).await {
-            Ok(c) => return c,
-            Err(e) if Instant::now() > deadline => panic!("node API on {addr}: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-}
 
 fn pool(name: &str, disk: String) -> pb::CreatePoolRequest {
     pb::CreatePoolRequest { name: name.into(), disks: vec![disk], stripe_size: 0, block_size: 0 }
@@ -67,7 +55,8 @@ async fn kernel_initiator_sees_a_mirrored_volume_grow_online() {
     }
     a.start().expect("start a");
     b.start().expect("start b");
-    let (mut ca, mut cb) = (client(a_grpc).await, client(b_grpc).await);
+    let (mut ca, mut cb) =
+        (node_api_client(&format!("http://{a_grpc}")).await, node_api_client(&format!("http://{b_grpc}")).await);
 
     ca.create_pool(pool("pa", a.disk(0, "512MiB"))).await.expect("pool a");
     cb.create_pool(pool("pb", b.disk(0, "512MiB"))).await.expect("pool b");

@@ -393,13 +393,7 @@ mod tests {
     async fn reads_and_writes_complete_over_loopback() {
         let b = Baseline::start(2, 4096).await.unwrap();
         for op in [Op::Read, Op::Write] {
-            let phase = Phase {
-                op,
-                workers: 8,
-                warmup: Duration::from_millis(20),
-                duration: Duration::from_millis(200),
-                bytes_per_op: 4096,
-            };
+            let phase = Phase::short(op);
             let s = run(&b.client, &phase).await.unwrap();
             assert!(
                 s.recorder.ops() > 100,

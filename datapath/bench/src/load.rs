@@ -56,6 +56,26 @@ pub struct Phase {
     pub bytes_per_op: u64,
 }
 
+impl Phase {
+    /// A measured phase of `op` with `workers` outstanding I/Os of `bytes_per_op`, timed by
+    /// the `--warmup`/`--duration` options.
+    pub fn of(load: &crate::cli::LoadArgs, op: Op, workers: usize, bytes_per_op: u64) -> Phase {
+        Phase { op, workers, warmup: load.warmup, duration: load.duration, bytes_per_op }
+    }
+
+    /// A short phase for unit tests: 8 workers, 4 KiB, 20 ms warm-up, 200 ms measured.
+    #[cfg(test)]
+    pub fn short(op: Op) -> Phase {
+        Phase {
+            op,
+            workers: 8,
+            warmup: Duration::from_millis(20),
+            duration: Duration::from_millis(200),
+            bytes_per_op: 4096,
+        }
+    }
+}
+
 /// Runs one phase against `driver`. The first failed I/O stops the phase and is returned.
 pub async fn run<D: Driver>(driver: &Arc<D>, phase: &Phase) -> Result<Sample> {
     let measure_from = Instant::now() + phase.warmup;

@@ -219,13 +219,7 @@ pub async fn run(args: &MirrorArgs, threads: usize) -> Result<()> {
     );
     let mut comparisons = Vec::new();
     for op in load.workload.ops() {
-        let phase = Phase {
-            op,
-            workers: qd,
-            warmup: load.warmup,
-            duration: load.duration,
-            bytes_per_op: bs,
-        };
+        let phase = Phase::of(load, op, qd, bs);
         comparisons.push(
             compare::alternate(&single, &mirrored, &phase, load.rounds as usize, LABELS).await?,
         );
@@ -290,7 +284,6 @@ pub async fn run(args: &MirrorArgs, threads: usize) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
 
     use super::*;
     use crate::load::{Op, run as run_phase};
@@ -315,13 +308,7 @@ mod tests {
             let d = driver(s.addr, nqn, &args).await.unwrap();
             assert_eq!(d.slots, 8 << 20 >> 12);
             for op in [Op::Write, Op::Read] {
-                let phase = Phase {
-                    op,
-                    workers: 8,
-                    warmup: Duration::from_millis(20),
-                    duration: Duration::from_millis(200),
-                    bytes_per_op: 4096,
-                };
+                let phase = Phase::short(op);
                 let sample = run_phase(&d, &phase).await.unwrap();
                 assert!(
                     sample.recorder.ops() > 20,

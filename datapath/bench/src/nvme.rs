@@ -121,13 +121,7 @@ pub async fn run(args: &TargetArgs, threads: usize) -> Result<()> {
     );
     let mut comparisons = Vec::new();
     for op in load.workload.ops() {
-        let phase = Phase {
-            op,
-            workers: qd,
-            warmup: load.warmup,
-            duration: load.duration,
-            bytes_per_op: bs,
-        };
+        let phase = Phase::of(load, op, qd, bs);
         comparisons.push(
             compare::alternate(
                 &baseline.client,
@@ -328,7 +322,6 @@ impl Driver for NvmeDriver {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
 
     use super::*;
     use crate::load::run;
@@ -359,13 +352,7 @@ mod tests {
             seed: 1,
         });
         for op in [Op::Write, Op::Read] {
-            let phase = Phase {
-                op,
-                workers: 8,
-                warmup: Duration::from_millis(20),
-                duration: Duration::from_millis(200),
-                bytes_per_op: 4096,
-            };
+            let phase = Phase::short(op);
             let s = run(&driver, &phase).await.unwrap();
             assert!(
                 s.recorder.ops() > 50,

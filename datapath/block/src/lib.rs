@@ -19,6 +19,7 @@ pub mod ram;
 pub mod spec;
 pub mod thin;
 mod uring;
+pub mod uuid_text;
 
 pub use buf::IoBuf;
 pub use device::BlockDevice;

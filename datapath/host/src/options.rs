@@ -62,17 +62,7 @@ pub fn random_uuid() -> [u8; 16] {
     u
 }
 
-/// Formats a UUID in its canonical 8-4-4-4-12 lowercase form.
-pub fn format_uuid(u: &[u8; 16]) -> String {
-    let mut s = String::with_capacity(36);
-    for (i, b) in u.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            s.push('-');
-        }
-        s.push_str(&format!("{b:02x}"));
-    }
-    s
-}
+pub use ferrite_block::uuid_text::format_uuid;
 
 /// The UUID-based host NQN the NVMe specification defines: `nqn.2014-08.org.nvmexpress:uuid:<uuid>`.
 pub fn uuid_hostnqn(u: &[u8; 16]) -> String {

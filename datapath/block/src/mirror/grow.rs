@@ -9,6 +9,7 @@ use tracing::info;
 use super::MirrorError;
 use super::label::format_id;
 use super::mirror::{Mirror, check_geometry};
+use super::replica;
 use super::state::Target;
 use super::status::ReplicaState;
 
@@ -57,15 +58,9 @@ impl Mirror {
         };
         for t in &targets {
             let desc = t.dev.describe();
-            let refreshed = match inner.opts.io_timeout {
-                Some(d) => tokio::time::timeout(d, t.dev.refresh_size())
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(crate::BlockError::Gone("size refresh timed out".into()))
-                    }),
-                None => t.dev.refresh_size().await,
-            };
-            refreshed.map_err(|e| refuse(format!("replica {desc}: reading its size: {e}")))?;
+            replica::refresh_size(&*t.dev, inner.opts.io_timeout)
+                .await
+                .map_err(|e| refuse(format!("replica {desc}: reading its size: {e}")))?;
             check_geometry(&geo, &desc, &*t.dev)?;
         }
         let want = {

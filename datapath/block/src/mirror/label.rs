@@ -57,17 +57,7 @@ const MEMBER_BYTES: usize = 32;
 const MEMBERS_OFF: usize = 104;
 
 /// Formats a UUID in the usual 8-4-4-4-12 hex form.
-pub fn format_id(id: &[u8; 16]) -> String {
-    let h: String = id.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
+pub use crate::uuid_text::format_uuid as format_id;
 
 /// The volume geometry a mirror exposes, fixed at creation and recorded in every label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

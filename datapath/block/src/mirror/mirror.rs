@@ -196,14 +196,11 @@ impl Inner {
                 (st.version, st.dirty.clone(), writes)
             };
             let timeout = self.opts.io_timeout;
-            let results = join_all(writes.iter().map(|(t, l)| async move {
-                match timeout {
-                    Some(d) => tokio::time::timeout(d, label::write_label(&*t.dev, l))
-                        .await
-                        .unwrap_or_else(|_| Err(BlockError::Gone("label write timed out".into()))),
-                    None => label::write_label(&*t.dev, l).await,
-                }
-            }))
+            let results = join_all(
+                writes
+                    .iter()
+                    .map(|(t, l)| replica::timed(timeout, "label write", label::write_label(&*t.dev, l))),
+            )
             .await;
             let failed: Vec<(ReplicaId, u64, String)> = writes
                 .iter()

@@ -259,7 +259,7 @@ impl Inner {
         let mut copies = stream::iter(regions)
             .map(|r| async move {
                 !me.shutdown.load(Ordering::Acquire)
-                    && me.copy_region(id_ref, epoch, r, tracker_ref).await
+                    && me.copy_region(id_ref, epoch, r, geo.region_extent(r), tracker_ref).await
             })
             .buffer_unordered(self.opts.rebuild_parallelism.max(1));
         while let Some(go_on) = copies.next().await {
@@ -271,16 +271,18 @@ impl Inner {
         self.finish_rebuild(id, epoch, &tracker).await;
     }
 
-    /// Copies (or, for a resync, compares and copies) one region. Returns false when the
-    /// rebuild must stop.
+    /// Copies (or, for a resync, compares and copies) region `r`, at data offset `off` for
+    /// `len` bytes (its extent in the geometry the rebuild started with: a mirror does not
+    /// grow while a member is rebuilding). Returns false when the rebuild must stop.
     async fn copy_region(
         self: &Arc<Self>,
         id: &ReplicaId,
         epoch: u64,
         r: u64,
+        (off, len): (u64, u64),
         tracker: &RebuildTracker,
     ) -> bool {
-        let (off, len) = self.geometry().region_extent(r);
+
         let timeout = self.opts.io_timeout;
         loop {
             let guard = self.locks.exclusive(r).await;

@@ -62,7 +62,7 @@ impl ReplicaConnector for LocalReplica {
 }
 
 /// Runs a replica operation under the optional I/O timeout.
-async fn timed<T>(
+pub(crate) async fn timed<T>(
     timeout: Option<Duration>,
     op: &'static str,
     fut: impl std::future::Future<Output = Result<T, BlockError>>,
@@ -146,6 +146,14 @@ pub(crate) async fn zero_data(
         }
         ZeroKind::Deallocate => timed(timeout, "deallocate", dev.deallocate(lba, n)).await,
     }
+}
+
+/// Asks a replica device to re-read its capacity (after it grew); returns it in bytes.
+pub(crate) async fn refresh_size(
+    dev: &dyn BlockDevice,
+    timeout: Option<Duration>,
+) -> Result<u64, BlockError> {
+    timed(timeout, "size refresh", dev.refresh_size()).await
 }
 
 /// Flushes a replica.

@@ -28,7 +28,6 @@
 //! | 0x0C0  | 1024 | member UUIDs in index order, 64 slots of 16 bytes (unused = 0)|
 //! | 0xFFC  | 4    | CRC32C of bytes 0x000..0xFFC                                  |
 
-use std::fmt;
 
 /// Magic at the start of every label.
 pub const LABEL_MAGIC: [u8; 8] = *b"FERRAID0";
@@ -329,22 +328,7 @@ pub fn validate_stripe_size(stripe_size: u32, block_size: u32) -> Result<(), &'s
     Ok(())
 }
 
-/// Formats a UUID in the canonical 8-4-4-4-12 lowercase hex form.
-pub fn format_uuid(u: &[u8; 16]) -> String {
-    struct Hex<'a>(&'a [u8; 16]);
-    impl fmt::Display for Hex<'_> {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            for (i, b) in self.0.iter().enumerate() {
-                if matches!(i, 4 | 6 | 8 | 10) {
-                    f.write_str("-")?;
-                }
-                write!(f, "{b:02x}")?;
-            }
-            Ok(())
-        }
-    }
-    Hex(u).to_string()
-}
+pub use crate::uuid_text::format_uuid;
 
 fn put_u32(b: &mut [u8], off: usize, v: u32) {
     b[off..off + 4].copy_from_slice(&v.to_le_bytes());

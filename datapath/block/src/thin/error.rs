@@ -5,18 +5,7 @@ use std::io;
 
 use crate::BlockError;
 
-/// Formats a volume UUID as the usual hyphenated lowercase hex
-/// (`xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`).
-pub fn format_uuid(uuid: &[u8; 16]) -> String {
-    let mut s = String::with_capacity(36);
-    for (i, b) in uuid.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            s.push('-');
-        }
-        s.push_str(&format!("{b:02x}"));
-    }
-    s
-}
+pub use crate::uuid_text::format_uuid;
 
 /// Errors of the thin-provisioning layer.
 #[derive(Debug, thiserror::Error)]
