@@ -231,6 +231,10 @@ async fn operator_flow_with_real_datapaths() {
         volume_capability: Some(cap.clone()),
         ..Default::default()
     };
+    // More than the pools hold: refused, nothing changes.
+    let e = c.controller_expand_volume(expand(10 << 30)).await.expect_err("beyond the pools");
+    assert_eq!(e.code(), tonic::Code::OutOfRange, "{e:?}");
+    assert_eq!(jsonpath(&bed, "volume", "pvc-flow", "{.spec.sizeBytes}"), (64u64 << 20).to_string());
     let grown = c.controller_expand_volume(expand(96 << 20)).await.expect("ControllerExpandVolume").into_inner();
     assert_eq!((grown.capacity_bytes, grown.node_expansion_required), (96 << 20, false), "block volume");
     let again = c.controller_expand_volume(expand(64 << 20)).await.expect("smaller than served").into_inner();

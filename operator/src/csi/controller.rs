@@ -12,7 +12,8 @@
 //!   in the Volume's `spec.allowedHosts` and applies the list with `SetVolumeHosts` on the
 //!   target node (the reconciler keeps enforcing it, so a target created again gets it
 //!   back); the publish context repeats the location.
-//! - `ControllerExpandVolume`: raises the Volume's `spec.sizeBytes` (never lowers it) and
+//! - `ControllerExpandVolume`: refuses (OUT_OF_RANGE) a size a replica's pool has no room for
+//!   (placement's rules), else raises the Volume's `spec.sizeBytes` (never lowers it) and
 //!   waits up to `wait` for the target to serve the new size (the reconciler grows the
 //!   replicas, then the mirror, online; hosts get a namespace change event). Not there yet:
 //!   UNAVAILABLE with the `Resized` condition's message (the resizer retries). A filesystem
@@ -36,7 +37,12 @@ use super::params::{
     volume_name, volume_spec,
 };
 use crate::conditions::{RESIZED, SCHEDULED};
-use crate::crd::{FerriteNode, PoolPhase, StoragePool, Volume, VolumeState};
+use crate::crd::{FerriteNode, PoolPhase, ReplicaState, StoragePool, Volume, VolumeState};
+use crate::decisions::PoolView;
+use crate::decisions::growth::check_room;
+use crate::decisions::model::replica_bytes;
+use crate::decisions::placement::PlacementPolicy;
+use crate::reconcile::world::World;
 use crate::node_api::NodeClients;
 
 /// The controller's state.
@@ -196,6 +202,43 @@ impl Csi {
     /// target now. The spec update is guarded by the resourceVersion and retried on a
     /// conflict. An unpublish whose target does not answer succeeds: the reconciler applies
     /// the list when the target is back.
+    /// Refuses (OUT_OF_RANGE, nothing changed) growth to `size` bytes that a pool holding
+    /// one of the volume's replicas has no room for.
+    async fn check_room_to_grow(&self, v: &Volume, size: u64) -> Result<(), Status> {
+        let old = u64::try_from(v.spec.size_bytes).unwrap_or(0);
+        let (Some(new_r), Some(old_r)) = (replica_bytes(size), replica_bytes(old)) else {
+            return Err(Status::out_of_range(format!("{size} bytes is too large")));
+        };
+        let world = World::fetch(&self.0.client).await.map_err(kube_err)?;
+        let views = world.node_views();
+        let status = v.status.clone().unwrap_or_default();
+        let pools: Vec<&PoolView> = status
+            .replicas
+            .iter()
+            .filter(|r| r.state != ReplicaState::Faulted)
+            .filter_map(|r| {
+                views
+                    .iter()
+                    .find(|n| n.name == r.node)?
+                    .pools
+                    .iter()
+                    .find(|p| p.name == r.pool)
+            })
+            .collect();
+        check_room(
+            new_r.saturating_sub(old_r),
+            v.spec.thin,
+            &pools,
+            &PlacementPolicy::default(),
+        )
+        .map_err(|m| {
+            Status::out_of_range(format!(
+                "cannot grow volume {} to {size} bytes: {m}",
+                v.metadata.name.as_deref().unwrap_or_default()
+            ))
+        })
+    }
+
     async fn set_host(&self, v: &Volume, host: &str, add: bool) -> Result<(), Status> {
         if add {
             ferrite_protocol::nqn::validate(host).map_err(|e| {
@@ -604,6 +647,7 @@ impl Controller for Csi {
             .map_err(kube_err)?
             .ok_or_else(|| Status::not_found(format!("volume {} does not exist", req.volume_id)))?;
         if v.spec.size_bytes < wanted {
+            self.check_room_to_grow(&v, size).await?;
             let patch = serde_json::json!({ "spec": { "sizeBytes": wanted } });
             api.patch(
                 &req.volume_id,

@@ -2,7 +2,8 @@
 //! now. The reconciler then grows every replica on its node and the mirror on the target
 //! node (`ResizeReplica`, then `ResizeVolume`).
 
-use super::model::{BLOCK_SIZE, human_bytes, replica_bytes};
+use super::model::{BLOCK_SIZE, PoolView, human_bytes, replica_bytes};
+use super::placement::{PlacementPolicy, room};
 use crate::crd::ReplicaState;
 
 /// What to do about a volume's size.
@@ -66,6 +67,29 @@ pub fn plan_growth(
     }
 }
 
+/// Whether each pool holding one of the volume's replicas has room for that replica to grow
+/// by `extra` bytes, by placement's rules (thin replicas count at their full size up to the
+/// overcommit limit; thick ones also need free bytes). `Err` says which pool is short.
+pub fn check_room(
+    extra: u64,
+    thin: bool,
+    pools: &[&PoolView],
+    policy: &PlacementPolicy,
+) -> Result<(), String> {
+    for p in pools {
+        let room = room(p, thin, policy);
+        if u128::from(extra) > room {
+            return Err(format!(
+                "pool {} has room for {} more, the replica needs {} more",
+                p.name,
+                human_bytes(u64::try_from(room).unwrap_or(u64::MAX)),
+                human_bytes(extra)
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,6 +126,27 @@ mod tests {
                 other => panic!("{states:?}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn room_follows_placement_rules() {
+        let pool = |name: &str, capacity: u64, free: u64, provisioned: u64| PoolView {
+            name: name.into(),
+            online: true,
+            capacity_bytes: capacity,
+            free_bytes: free,
+            provisioned_bytes: provisioned,
+        };
+        let policy = PlacementPolicy::default();
+        let roomy = pool("a", 256 * MIB, 250 * MIB, 65 * MIB);
+        let full = pool("b", 256 * MIB, 250 * MIB, 200 * MIB);
+        assert_eq!(check_room(128 * MIB, true, &[&roomy], &policy), Ok(()));
+        let e = check_room(128 * MIB, true, &[&roomy, &full], &policy).unwrap_err();
+        assert!(e.contains("pool b") && e.contains("56 MiB"), "{e}");
+        // Thick replicas also need free bytes.
+        let used = pool("c", 256 * MIB, 10 * MIB, 65 * MIB);
+        assert!(check_room(64 * MIB, true, &[&used], &policy).is_ok());
+        assert!(check_room(64 * MIB, false, &[&used], &policy).is_err());
     }
 
     #[test]

@@ -184,6 +184,22 @@ impl Fill {
     }
 }
 
+/// How many more bytes of thin (or thick) replicas `pool` can take under `policy`.
+pub fn room(pool: &PoolView, thin: bool, policy: &PlacementPolicy) -> u128 {
+    let percent = if thin {
+        u128::from(policy.thin_overcommit_percent.max(100))
+    } else {
+        100
+    };
+    let limit = u128::from(pool.capacity_bytes) * percent / 100;
+    let room = limit.saturating_sub(u128::from(pool.provisioned_bytes));
+    if thin {
+        room
+    } else {
+        room.min(u128::from(pool.free_bytes))
+    }
+}
+
 /// Whether `pool` can take a replica; `Ok` has its fill afterwards, `Err` the largest
 /// replica it could take.
 fn fits(
@@ -191,17 +207,8 @@ fn fits(
     req: &PlacementRequest<'_>,
     policy: &PlacementPolicy,
 ) -> Result<Fill, u64> {
-    let percent = if req.thin {
-        u128::from(policy.thin_overcommit_percent.max(100))
-    } else {
-        100
-    };
-    let limit = u128::from(pool.capacity_bytes) * percent / 100;
+    let room = room(pool, req.thin, policy);
     let provisioned = u128::from(pool.provisioned_bytes);
-    let mut room = limit.saturating_sub(provisioned);
-    if !req.thin {
-        room = room.min(u128::from(pool.free_bytes));
-    }
     let after = provisioned + u128::from(req.replica_bytes);
     if pool.capacity_bytes > 0 && u128::from(req.replica_bytes) <= room {
         Ok(Fill {

@@ -23,28 +23,24 @@ pub struct World {
 }
 
 impl World {
-    /// Lists the three kinds.
+    /// Lists the three kinds and counts pools and volumes in the metrics.
     pub async fn load(ctx: &Context) -> Result<World, Error> {
+        let world = World::fetch(&ctx.client).await?;
+        ctx.metrics.observe_pools(world.pools.iter().map(|(name, p)| {
+            (name.as_str(), p.status.as_ref().and_then(|s| s.phase))
+        }));
+        ctx.metrics.observe_volumes(world.volumes.iter().map(|(name, v)| {
+            (name.as_str(), v.status.as_ref().and_then(|s| s.state))
+        }));
+        Ok(world)
+    }
+
+    /// Lists the three kinds.
+    pub async fn fetch(client: &kube::Client) -> Result<World, kube::Error> {
         let lp = ListParams::default();
-        let nodes = Api::<FerriteNode>::all(ctx.client.clone())
-            .list(&lp)
-            .await?;
-        let pools = Api::<StoragePool>::all(ctx.client.clone())
-            .list(&lp)
-            .await?;
-        let volumes = Api::<Volume>::all(ctx.client.clone()).list(&lp).await?;
-        ctx.metrics.observe_pools(pools.items.iter().map(|p| {
-            (
-                p.metadata.name.as_deref().unwrap_or_default(),
-                p.status.as_ref().and_then(|s| s.phase),
-            )
-        }));
-        ctx.metrics.observe_volumes(volumes.items.iter().map(|v| {
-            (
-                v.metadata.name.as_deref().unwrap_or_default(),
-                v.status.as_ref().and_then(|s| s.state),
-            )
-        }));
+        let nodes = Api::<FerriteNode>::all(client.clone()).list(&lp).await?;
+        let pools = Api::<StoragePool>::all(client.clone()).list(&lp).await?;
+        let volumes = Api::<Volume>::all(client.clone()).list(&lp).await?;
         Ok(World {
             nodes: nodes
                 .items
