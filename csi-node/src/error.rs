@@ -14,6 +14,9 @@ pub enum NodeError {
     /// The volume, its namespace or a path does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// A requested size the volume cannot have (required above the limit).
+    #[error("{0}")]
+    OutOfRange(String),
     /// The volume is already staged/published with other, incompatible parameters.
     #[error("{0}")]
     AlreadyExists(String),
@@ -43,6 +46,7 @@ impl NodeError {
         match self {
             NodeError::InvalidArgument(_) => Code::InvalidArgument,
             NodeError::NotFound(_) => Code::NotFound,
+            NodeError::OutOfRange(_) => Code::OutOfRange,
             NodeError::AlreadyExists(_) => Code::AlreadyExists,
             NodeError::FailedPrecondition(_) => Code::FailedPrecondition,
             NodeError::Unavailable(_) => Code::Unavailable,
@@ -59,6 +63,7 @@ impl NodeError {
         match self {
             NodeError::InvalidArgument(m) => NodeError::InvalidArgument(wrap(m)),
             NodeError::NotFound(m) => NodeError::NotFound(wrap(m)),
+            NodeError::OutOfRange(m) => NodeError::OutOfRange(wrap(m)),
             NodeError::AlreadyExists(m) => NodeError::AlreadyExists(wrap(m)),
             NodeError::FailedPrecondition(m) => NodeError::FailedPrecondition(wrap(m)),
             NodeError::Unavailable(m) => NodeError::Unavailable(wrap(m)),

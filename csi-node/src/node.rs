@@ -12,7 +12,7 @@ use crate::error::Result;
 use crate::locks::VolumeLocks;
 use crate::publish::{self, PublishArgs};
 use crate::stage::{self, StageArgs};
-use crate::volume::{VolumeTarget, check_path, check_volume_id, parse_capability};
+use crate::volume::{VolumeTarget, check_path, check_volume_id, parse_capability, require};
 use crate::{expand, stats};
 
 pub struct NodeService {
@@ -43,6 +43,15 @@ impl NodeService {
             Err(e) => tracing::warn!(rpc, volume = volume_id, code = ?e.code(), error = %e, "failed"),
         }
         r.map_err(Status::from)
+    }
+}
+
+/// NOT_FOUND unless `volume_id` is staged on this node (its record exists): the CSI spec's
+/// "volume does not exist" for calls on a staged or published volume.
+fn check_staged(p: &Plugin, volume_id: &str) -> Result<()> {
+    match p.state.load(volume_id)? {
+        Some(_) => Ok(()),
+        None => Err(crate::error::NodeError::NotFound(format!("volume {volume_id} is not staged on this node"))),
     }
 }
 
@@ -117,14 +126,19 @@ impl Node for NodeService {
         req: Request<NodeGetVolumeStatsRequest>,
     ) -> Result<Response<NodeGetVolumeStatsResponse>, Status> {
         let r = req.into_inner();
+        // The spec's order: required fields, then the volume's existence, then the rest.
         check_volume_id(&r.volume_id)?;
-        let path = check_path("volume_path", &r.volume_path)?;
+        require("volume_path", &r.volume_path)?;
         let id = r.volume_id.clone();
         // Stats only read: no volume lock, so that a slow stage never blocks monitoring.
         let p = self.plugin.clone();
-        let s = tokio::task::spawn_blocking(move || stats::volume_stats(&p, &id, &path))
-            .await
-            .map_err(|e| Status::internal(format!("NodeGetVolumeStats worker failed: {e}")))??;
+        let s = tokio::task::spawn_blocking(move || {
+            check_staged(&p, &id)?;
+            let path = check_path("volume_path", &r.volume_path)?;
+            stats::volume_stats(&p, &id, &path)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("NodeGetVolumeStats worker failed: {e}")))??;
         let mut usage = vec![VolumeUsage {
             available: s.bytes.available,
             total: s.bytes.total,
@@ -151,20 +165,27 @@ impl Node for NodeService {
     ) -> Result<Response<NodeExpandVolumeResponse>, Status> {
         let r = req.into_inner();
         check_volume_id(&r.volume_id)?;
-        let path = check_path("volume_path", &r.volume_path)?;
+        require("volume_path", &r.volume_path)?;
         let required = r.capacity_range.as_ref().map_or(0, |c| c.required_bytes.max(0) as u64);
-        if let Some(c) = &r.capacity_range
-            && c.limit_bytes > 0
-            && c.required_bytes > c.limit_bytes
-        {
-            return Err(Status::out_of_range(format!(
-                "required_bytes {} is more than limit_bytes {}",
-                c.required_bytes, c.limit_bytes
-            )));
-        }
+        let range = r.capacity_range;
         let id = r.volume_id.clone();
-        let bytes =
-            self.locked("NodeExpandVolume", &r.volume_id, move |p| expand::expand(p, &id, &path, required)).await?;
+        let volume_path = r.volume_path.clone();
+        let bytes = self
+            .locked("NodeExpandVolume", &r.volume_id, move |p| {
+                check_staged(p, &id)?;
+                let path = check_path("volume_path", &volume_path)?;
+                if let Some(c) = range
+                    && c.limit_bytes > 0
+                    && c.required_bytes > c.limit_bytes
+                {
+                    return Err(crate::error::NodeError::OutOfRange(format!(
+                        "required_bytes {} is more than limit_bytes {}",
+                        c.required_bytes, c.limit_bytes
+                    )));
+                }
+                expand::expand(p, &id, &path, required)
+            })
+            .await?;
         Ok(Response::new(NodeExpandVolumeResponse { capacity_bytes: bytes as i64 }))
     }
 

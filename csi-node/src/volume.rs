@@ -174,14 +174,20 @@ pub fn parse_capability(cap: Option<&VolumeCapability>) -> Result<(Access, bool)
 
 /// Checks a path argument: required, absolute, no `..`.
 pub fn check_path(what: &str, p: &str) -> Result<PathBuf> {
-    if p.is_empty() {
-        return Err(NodeError::InvalidArgument(format!("{what} is required")));
-    }
+    require(what, p)?;
     let path = PathBuf::from(p);
     if !path.is_absolute() || path.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
         return Err(NodeError::InvalidArgument(format!("{what} {p:?} must be an absolute path without '..'")));
     }
     Ok(path)
+}
+
+/// Checks that a required string field is set (INVALID_ARGUMENT if not).
+pub fn require(what: &str, value: &str) -> Result<()> {
+    if value.is_empty() {
+        return Err(NodeError::InvalidArgument(format!("{what} is required")));
+    }
+    Ok(())
 }
 
 /// Checks a volume ID: required, printable.

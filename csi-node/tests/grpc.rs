@@ -162,17 +162,32 @@ async fn argument_validation() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
-    let e = h
-        .node
-        .node_expand_volume(NodeExpandVolumeRequest {
-            volume_id: "pv-1".into(),
-            volume_path: "/x".into(),
-            capacity_range: Some(CapacityRange { required_bytes: 10, limit_bytes: 5 }),
-            ..Default::default()
+    // An impossible range on a staged volume: OUT_OF_RANGE (on an unknown one: NOT_FOUND,
+    // the existence check comes first).
+    ferrite_csi_node::state::StateDir::new(h.root.join("state"))
+        .save(&ferrite_csi_node::state::StagedVolume {
+            volume_id: "pv-staged".into(),
+            nqn: "nqn.2024-01.dev.ferrite:volume-x".into(),
+            nsid: 1,
+            portals: vec!["127.0.0.1:4420".into()],
+            block: false,
+            staging_path: "/x".into(),
+            fs_type: None,
         })
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::OutOfRange);
+        .unwrap();
+    for (id, code) in [("pv-staged", Code::OutOfRange), ("pv-1", Code::NotFound)] {
+        let e = h
+            .node
+            .node_expand_volume(NodeExpandVolumeRequest {
+                volume_id: id.into(),
+                volume_path: "/x".into(),
+                capacity_range: Some(CapacityRange { required_bytes: 10, limit_bytes: 5 }),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), code, "{id}: {}", e.message());
+    }
 }
 
 #[tokio::test]
@@ -237,4 +252,50 @@ async fn calls_without_a_kernel() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
+    // The CSI spec's order: required fields first, then the volume's existence, then the
+    // rest. An unknown volume with a relative path is NOT_FOUND, a missing path is
+    // INVALID_ARGUMENT whatever the volume.
+    let e = h
+        .node
+        .node_get_volume_stats(NodeGetVolumeStatsRequest {
+            volume_id: "pv-unknown".into(),
+            volume_path: "relative/path".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{}", e.message());
+    let e = h
+        .node
+        .node_expand_volume(NodeExpandVolumeRequest {
+            volume_id: "pv-unknown".into(),
+            volume_path: "relative/path".into(),
+            capacity_range: Some(CapacityRange { required_bytes: 10, limit_bytes: 5 }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{}", e.message());
+    for path in ["", "relative"] {
+        let e = h
+            .node
+            .node_get_volume_stats(NodeGetVolumeStatsRequest {
+                volume_id: String::new(),
+                volume_path: path.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+    }
+    let e = h
+        .node
+        .node_expand_volume(NodeExpandVolumeRequest {
+            volume_id: "pv-unknown".into(),
+            volume_path: String::new(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
 }

@@ -135,10 +135,10 @@ impl Node {
         let deadline = Instant::now() + timeout;
         loop {
             let v = self.volume(uuid);
-            if let Some(v) = &v {
-                if pred(v) {
-                    return Ok(v.clone());
-                }
+            if let Some(v) = &v
+                && pred(v)
+            {
+                return Ok(v.clone());
             }
             if Instant::now() > deadline {
                 return Err(format!("volume {uuid} on {}: not {what} after {timeout:?}; last status: {v:?}", self.name));

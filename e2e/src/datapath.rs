@@ -80,10 +80,10 @@ impl Datapath {
         let mut dp = Datapath { child: Some(child), addr, log };
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            if let Some(c) = dp.child.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    return Err(format!("datapath exited before listening: {status}"));
-                }
+            if let Some(c) = dp.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                return Err(format!("datapath exited before listening: {status}"));
             }
             if Instant::now() > deadline {
                 return Err(format!("datapath did not listen on {addr} within 30 s"));

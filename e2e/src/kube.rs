@@ -62,6 +62,15 @@ impl KubeBed {
         cache_dir().join("bed.env").exists()
     }
 
+    /// Panics unless [`KubeBed::available`]: a test that needs the bed fails without it, so
+    /// that CI can never pass without running it.
+    pub fn require() {
+        assert!(
+            Self::available(),
+            "the kube bed is not prepared: run e2e/kube/prepare.sh (scripts/test does)"
+        );
+    }
+
     /// Starts a bed in a new temporary folder and waits until it is fully ready.
     pub fn start() -> Result<KubeBed, String> {
         let dir = tempfile::Builder::new()

@@ -9,6 +9,7 @@ pub mod datapath;
 pub mod helm;
 pub mod kube;
 pub mod qemu;
+pub mod sidecars;
 pub mod workload;
 
 use std::path::PathBuf;

@@ -126,7 +126,7 @@ pub async fn run(
                     Err(e) => record(&report, &|r| r.io_errors.push(format!("write lba {lba}: {e}"))),
                 }
                 n += 1;
-                if n % 16 == 0 {
+                if n.is_multiple_of(16) {
                     let started = Instant::now();
                     match ctrl.flush(nsid).await {
                         Ok(()) => {

@@ -16,11 +16,11 @@ async fn demo_serves_a_mirrored_volume() {
     let http = "127.0.0.1:9420".parse().expect("addr");
     let mut online = false;
     for _ in 0..100 {
-        if let Ok((200, body)) = http_get(http, "/v1/status") {
-            if body.contains("\"state\":\"Online\"") {
-                online = true;
-                break;
-            }
+        if let Ok((200, body)) = http_get(http, "/v1/status")
+            && body.contains("\"state\":\"Online\"")
+        {
+            online = true;
+            break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

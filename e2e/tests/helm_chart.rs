@@ -219,12 +219,9 @@ metrics:
   serviceMonitor: {enabled: true, interval: 15s, labels: {release: prometheus}}
 "#;
 
-fn helm_bin() -> Option<PathBuf> {
-    let h = helm::helm_path();
-    if h.is_none() {
-        eprintln!("skipped: no helm (e2e/kube/prepare.sh fetches it; or set FERRITE_HELM)");
-    }
-    h
+/// Helm from the bed; a missing bed fails the test (CI must never pass without running it).
+fn helm_bin() -> PathBuf {
+    helm::helm_path().expect("no helm: run e2e/kube/prepare.sh (it fetches it) or set FERRITE_HELM")
 }
 
 fn read(path: &str) -> String {
@@ -248,7 +245,7 @@ fn kinds(docs: &[String]) -> BTreeSet<(String, String)> {
 
 #[test]
 fn chart_lints_and_renders_with_default_values() {
-    let Some(h) = helm_bin() else { return };
+    let h = helm_bin();
     let lint = helm::lint(&h, None);
     assert!(lint.ok, "helm lint failed:\n{}{}", lint.stdout, lint.stderr);
     assert!(lint.stdout.contains("0 chart(s) failed"), "{}", lint.stdout);
@@ -388,7 +385,7 @@ fn chart_lints_and_renders_with_default_values() {
 
 #[test]
 fn chart_renders_non_default_values() {
-    let Some(h) = helm_bin() else { return };
+    let h = helm_bin();
     let tmp = tempfile::tempdir().expect("tmp");
     let values = custom_values(tmp.path(), Path::new("/dev/fake"));
     let lint = helm::lint(&h, Some(&values));
@@ -535,7 +532,7 @@ fn chart_renders_non_default_values() {
 
 #[test]
 fn install_manifest_and_chart_crds_are_fresh() {
-    let Some(h) = helm_bin() else { return };
+    let h = helm_bin();
     let out = Command::new(workspace_root().join("scripts/render-manifests"))
         .arg("--check")
         .env("FERRITE_HELM", &h)
@@ -556,7 +553,7 @@ fn install_manifest_and_chart_crds_are_fresh() {
 /// Every flag the chart passes to Ferrite's own binaries is one they accept (`--help`).
 #[test]
 fn chart_flags_exist_in_the_binaries() {
-    let Some(h) = helm_bin() else { return };
+    let h = helm_bin();
     let r = helm::template(
         &h,
         None,
@@ -599,7 +596,7 @@ fn chart_flags_exist_in_the_binaries() {
 /// liveness probe's `GET /v1/status` with 200.
 #[test]
 fn datapath_starts_with_the_daemonset_arguments() {
-    let Some(h) = helm_bin() else { return };
+    let h = helm_bin();
     let tmp = tempfile::tempdir().expect("tmp");
     let state = tmp.path().join("state");
     let ports: Vec<u16> = (0..3)
@@ -877,11 +874,8 @@ fn assert_all_accepted(out: &str, docs: &[String], suffix: &str) {
 
 #[test]
 fn install_manifest_applies_to_a_real_api_server() {
-    if !KubeBed::available() {
-        eprintln!("skipped: the kube bed is not prepared (e2e/kube/prepare.sh)");
-        return;
-    }
-    let Some(h) = helm_bin() else { return };
+    KubeBed::require();
+    let h = helm_bin();
     let bed = start_bed();
     let install = workspace_root().join("manifests/install.yaml");
     let install_s = install.display().to_string();
@@ -1107,11 +1101,8 @@ fn install_manifest_applies_to_a_real_api_server() {
 /// defaults, and `helm uninstall` (which keeps the CRDs and the StoragePool, by design).
 #[test]
 fn helm_install_upgrade_uninstall() {
-    if !KubeBed::available() {
-        eprintln!("skipped: the kube bed is not prepared (e2e/kube/prepare.sh)");
-        return;
-    }
-    let Some(h) = helm_bin() else { return };
+    KubeBed::require();
+    let h = helm_bin();
     let bed = start_bed();
     let tmp = tempfile::tempdir().expect("tmp");
     let values = custom_values(tmp.path(), Path::new("/dev/fake"));

@@ -1,7 +1,7 @@
 //! Ferrite's CRDs (`manifests/crds.yaml`) against a real Kubernetes 1.20 API server (the
 //! `e2e/kube` bed): they install and become Established, a valid StoragePool is accepted and
 //! defaulted, an invalid one (no disks, bad stripe size) is refused with a readable message,
-//! and `kubectl get` shows the printer columns. Skipped when the bed's binaries are not
+//! and `kubectl get` shows the printer columns. Fails when the bed's binaries are not
 //! cached on this machine (run `e2e/kube/prepare.sh` once).
 
 use std::time::Duration;
@@ -9,10 +9,7 @@ use std::time::Duration;
 use ferrite_e2e::kube::KubeBed;
 
 fn bed() -> Option<KubeBed> {
-    if !KubeBed::available() {
-        eprintln!("skipped: the kube bed is not prepared (e2e/kube/prepare.sh)");
-        return None;
-    }
+    KubeBed::require();
     Some(KubeBed::start().expect("start the kube bed"))
 }
 

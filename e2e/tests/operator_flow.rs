@@ -8,7 +8,7 @@
 //! removes the target and replicas from the nodes. In between, CSI ControllerExpandVolume
 //! grows the volume online (both replicas, then the mirror) while the host stays connected,
 //! and a target destroyed behind the operator's back is re-created with the published host
-//! (kept in `spec.allowedHosts`) and the data. Skipped when the bed is not prepared.
+//! (kept in `spec.allowedHosts`) and the data. Fails when the bed is not prepared.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -88,10 +88,7 @@ async fn connect(ctx: &std::collections::HashMap<String, String>) -> (Arc<Contro
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_flow_with_real_datapaths() {
-    if !KubeBed::available() {
-        eprintln!("skipped: the kube bed is not prepared (e2e/kube/prepare.sh)");
-        return;
-    }
+    KubeBed::require();
     let (bed, op_bin, dp_bin) = tokio::task::spawn_blocking(|| {
         let dp = ferrite_e2e::datapath::binary().expect("datapath binary");
         let op = operator_binary().expect("operator binary");

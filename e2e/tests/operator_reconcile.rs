@@ -9,7 +9,7 @@
 //! after which the pool deletion completes; the leader Lease is held. The operators run with
 //! `--metrics`: `/metrics` counts pool reconciles, StoragePools by phase and Volumes by
 //! state, says who leads (1 on the leader, 0 on a standby) and counts CSI requests by method
-//! and gRPC code. Skipped when the bed is not prepared.
+//! and gRPC code. Fails when the bed is not prepared.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -129,10 +129,7 @@ fn wait_eq(bed: &KubeBed, kind: &str, name: &str, path: &str, want: &str, secs: 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_reconciles_pools_and_volumes() {
-    if !KubeBed::available() {
-        eprintln!("skipped: the kube bed is not prepared (e2e/kube/prepare.sh)");
-        return;
-    }
+    KubeBed::require();
     let (bed, bin, dp) = tokio::task::spawn_blocking(setup).await.expect("setup");
     let tmp = tempfile::tempdir().expect("tmp");
     let mut a = ApiNode::start(&dp, "a", "127.0.37.1", tmp.path()).expect("node a");
@@ -271,10 +268,7 @@ async fn csi_controller_service() {
     use ferrite_api::csi::v1::identity_client::IdentityClient;
     use ferrite_api::csi::v1::volume_capability::{AccessMode, AccessType, BlockVolume, access_mode::Mode};
 
-    if !KubeBed::available() {
-        eprintln!("skipped: the kube bed is not prepared (e2e/kube/prepare.sh)");
-        return;
-    }
+    KubeBed::require();
     let (bed, bin, dp) = tokio::task::spawn_blocking(setup).await.expect("setup");
     let tmp = tempfile::tempdir().expect("tmp");
     let a = ApiNode::start(&dp, "a", "127.0.38.1", tmp.path()).expect("node a");

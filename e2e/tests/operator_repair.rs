@@ -12,7 +12,7 @@
 //! through the host during and after the repair, and the target's compare endpoint reports
 //! the replicas identical. The killed node restarted still holds its old replica: the
 //! operator destroys it (nothing of the volume left there) and the Volume stays Online.
-//! DeleteVolume removes everything from the nodes. Skipped when the bed is not prepared.
+//! DeleteVolume removes everything from the nodes. Fails when the bed is not prepared.
 //!
 //! Out of scope: losing the target node (target failover is not implemented).
 
@@ -289,10 +289,7 @@ async fn csi_client(port: u16) -> ControllerClient<tonic::transport::Channel> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_replica_is_replaced_and_the_returning_one_removed() {
-    if !KubeBed::available() {
-        eprintln!("skipped: the kube bed is not prepared (e2e/kube/prepare.sh)");
-        return;
-    }
+    KubeBed::require();
     let t0 = Instant::now();
     let (bed, op_bin, dp_bin) = tokio::task::spawn_blocking(|| {
         let dp = ferrite_e2e::datapath::binary().expect("datapath binary");

@@ -42,6 +42,10 @@ struct Args {
     /// Seconds a Faulted replica whose node is away is waited for before it is replaced.
     #[arg(long, default_value_t = 300)]
     repair_grace_secs: u64,
+    /// Seconds a replica or volume target that no Volume refers to is left on its node
+    /// before it is destroyed (with an Event on the FerriteNode).
+    #[arg(long, default_value_t = 600)]
+    orphan_grace_secs: u64,
     /// Serve the CSI Identity and Controller services here (`unix:///csi/csi.sock`,
     /// `tcp://IP:PORT`). They run on every instance, leader or not (the CSI sidecars elect
     /// their own leader; the services only read and write Volume objects).
@@ -173,6 +177,7 @@ async fn run(args: Args) -> Result<(), String> {
     if let Some(c) = Arc::get_mut(&mut ctx) {
         c.resync = Duration::from_secs(args.resync_secs.max(1));
         c.repair_grace = Duration::from_secs(args.repair_grace_secs);
+        c.orphan_grace = Duration::from_secs(args.orphan_grace_secs);
         c.metrics = metrics.clone();
     }
     tracing::info!(%identity, "starting controllers");

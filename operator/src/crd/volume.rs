@@ -116,6 +116,32 @@ pub struct VolumeTopology {
     /// replica, e.g. `topology.kubernetes.io/zone: a`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub required_node_labels: BTreeMap<String, String>,
+    /// Topology terms as a StorageClass's `allowedTopologies` has them: a node may hold a
+    /// replica if it matches any term (every expression of the term). Empty: any node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_topologies: Vec<TopologyTerm>,
+}
+
+/// One `allowedTopologies` term: all its expressions must hold.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TopologyTerm {
+    /// Label requirements.
+    #[serde(default)]
+    pub match_label_expressions: Vec<TopologyExpression>,
+}
+
+/// A node's value for `key` must be one of `values`. The keys `topology.ferrite.dev/node`
+/// and `kubernetes.io/hostname` name the node; any other key is a label of its FerriteNode.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TopologyExpression {
+    /// Label key.
+    #[schemars(length(min = 1))]
+    pub key: String,
+    /// Values allowed.
+    #[schemars(length(min = 1))]
+    pub values: Vec<String>,
 }
 
 /// Filesystem the CSI node plugin formats the volume with when it is mounted: a hint, the
@@ -238,6 +264,8 @@ pub struct ValidVolumeSpec {
     pub allowed_nodes: Option<BTreeSet<String>>,
     /// Labels a node must carry.
     pub required_node_labels: BTreeMap<String, String>,
+    /// `allowedTopologies` terms (any one must match); empty: no restriction.
+    pub allowed_topologies: Vec<TopologyTerm>,
 }
 
 impl VolumeSpec {
@@ -279,6 +307,7 @@ impl VolumeSpec {
             thin: self.thin,
             allowed_nodes,
             required_node_labels: topology.required_node_labels,
+            allowed_topologies: topology.allowed_topologies,
         })
     }
 }

@@ -1,14 +1,25 @@
 //! The CSI Identity and Controller services. Volumes are `Volume` objects (the reconcilers
 //! do the work); publish/unpublish set the target's allowed hosts through the node API.
 //!
+//! Every RPC checks in the CSI spec's order: required fields (INVALID_ARGUMENT), then the
+//! existence of the objects named (NOT_FOUND), then everything else.
+//!
 //! - `CreateVolume`: idempotent by name (Volume named by [`volume_name`], with the CSI name
-//!   in an annotation; same name with another size or replica count: ALREADY_EXISTS). Waits
-//!   up to `wait` for the Volume to be Ready; still not: UNAVAILABLE (the provisioner
-//!   retries), unplaceable: RESOURCE_EXHAUSTED with placement's reason. The volume context
+//!   in an annotation; same name with another size or replica count: ALREADY_EXISTS). The
+//!   request's topology restricts nothing (a Ferrite volume is reachable from every node):
+//!   its first preferred node is recorded as a locality hint (a replica and the target go
+//!   there when it has room); only the StorageClass's `allowedTopologies` (found through
+//!   the `--extra-create-metadata` PVC parameters) and the `allowedNodes` / `nodeSelector`
+//!   parameters restrict where replicas go. Waits up to `wait` for the Volume to be Ready;
+//!   still not: UNAVAILABLE (the provisioner retries). Unplaceable: the Volume is deleted
+//!   again (nothing was created on a node) and the answer is RESOURCE_EXHAUSTED with
+//!   placement's reason, so a failed CreateVolume leaves nothing behind. The volume context
 //!   holds `nqn`, `targets` and `nsid`.
 //! - `DeleteVolume`: deletes the Volume and waits for its finalizer (target and replicas
 //!   destroyed); still there after `wait`: UNAVAILABLE.
-//! - `ControllerPublishVolume` / `Unpublish`: adds or removes `node_id` (the node's host NQN)
+//! - `ControllerPublishVolume` / `Unpublish`: adds or removes `node_id` (the node's host NQN;
+//!   anything else is an unknown node, NOT_FOUND; published to another node already:
+//!   FAILED_PRECONDITION, every access mode is single-node)
 //!   in the Volume's `spec.allowedHosts` and applies the list with `SetVolumeHosts` on the
 //!   target node (the reconciler keeps enforcing it, so a target created again gets it
 //!   back); the publish context repeats the location.
@@ -28,13 +39,15 @@ use ferrite_api::csi::v1 as csi;
 use ferrite_api::csi::v1::controller_server::Controller;
 use ferrite_api::csi::v1::identity_server::Identity;
 use ferrite_api::node::v1 as node;
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use tonic::{Request, Response, Status};
 
 use super::params::{
-    CSI_NAME_ANNOTATION, PREFERRED_TARGET_ANNOTATION, check_capabilities, preferred_node, size_for,
-    volume_name, volume_spec,
+    CSI_NAME_ANNOTATION, PARAM_PVC_NAME, PARAM_PVC_NAMESPACE, PREFERRED_TARGET_ANNOTATION,
+    check_capabilities, class_terms, preferred_node, size_for, volume_name, volume_spec,
 };
 use crate::conditions::{RESIZED, SCHEDULED};
 use crate::crd::{FerriteNode, PoolPhase, ReplicaState, StoragePool, Volume, VolumeState};
@@ -239,12 +252,69 @@ impl Csi {
         })
     }
 
-    async fn set_host(&self, v: &Volume, host: &str, add: bool) -> Result<(), Status> {
-        if add {
-            ferrite_protocol::nqn::validate(host).map_err(|e| {
-                Status::not_found(format!("node_id {host:?} is not a host NQN: {e}"))
+    /// The `allowedTopologies` of the StorageClass of the PVC named by external-provisioner's
+    /// `--extra-create-metadata` parameters; none without them or without a class.
+    async fn class_terms(
+        &self,
+        params: &HashMap<String, String>,
+    ) -> Result<Vec<crate::crd::volume::TopologyTerm>, Status> {
+        let (Some(pvc), Some(ns)) = (params.get(PARAM_PVC_NAME), params.get(PARAM_PVC_NAMESPACE))
+        else {
+            return Ok(Vec::new());
+        };
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(self.0.client.clone(), ns);
+        let Some(claim) = claims.get_opt(pvc).await.map_err(kube_err)? else {
+            return Err(Status::failed_precondition(format!(
+                "PersistentVolumeClaim {ns}/{pvc} does not exist (deleted while provisioning)"
+            )));
+        };
+        let Some(class) = claim.spec.and_then(|s| s.storage_class_name) else {
+            return Ok(Vec::new());
+        };
+        let sc = Api::<StorageClass>::all(self.0.client.clone())
+            .get_opt(&class)
+            .await
+            .map_err(kube_err)?
+            .ok_or_else(|| {
+                Status::failed_precondition(format!("StorageClass {class} does not exist"))
             })?;
+        Ok(class_terms(sc.allowed_topologies.as_deref()))
+    }
+
+    /// Deletes a Volume that could not be placed and waits (bounded) until its finalizer has
+    /// run, so that CreateVolume leaves nothing behind when it fails.
+    async fn withdraw(&self, v: &Volume) -> Result<(), Status> {
+        let api = self.0.volumes();
+        let name = v.metadata.name.clone().unwrap_or_default();
+        let dp = DeleteParams {
+            preconditions: v.metadata.uid.clone().map(|uid| kube::api::Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(&name, &dp).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => return Ok(()),
+            Err(e) => return Err(kube_err(e)),
         }
+        tracing::info!(volume = %name, "unplaceable Volume withdrawn");
+        let deadline = Instant::now() + self.0.wait;
+        while let Some(left) = api.get_opt(&name).await.map_err(kube_err)? {
+            if left.metadata.uid != v.metadata.uid {
+                break;
+            }
+            if Instant::now() >= deadline {
+                // The finalizer has nothing to destroy (no replica was placed); it runs on
+                // the next pass and a retried CreateVolume waits for it (ABORTED).
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(())
+    }
+
+    async fn set_host(&self, v: &Volume, host: &str, add: bool) -> Result<(), Status> {
         let api = self.0.volumes();
         let name = v.metadata.name.clone().unwrap_or_default();
         let mut v = v.clone();
@@ -313,14 +383,16 @@ impl Controller for Csi {
             ));
         }
         let size = size_for(req.capacity_range.as_ref())?;
-        let spec = volume_spec(
-            size,
-            &req.parameters,
-            req.accessibility_requirements.as_ref(),
-        )?;
+        let class = self.class_terms(&req.parameters).await?;
+        let spec = volume_spec(size, &req.parameters, &class)?;
         let name = volume_name(&req.name);
         let api = self.0.volumes();
         match api.get_opt(&name).await.map_err(kube_err)? {
+            Some(v) if v.metadata.deletion_timestamp.is_some() => {
+                return Err(Status::aborted(format!(
+                    "volume {name} is being deleted (an earlier attempt failed); retry"
+                )));
+            }
             Some(v) => {
                 let same_name = v
                     .metadata
@@ -375,10 +447,14 @@ impl Controller for Csi {
                 .conditions
                 .iter()
                 .find(|c| c.type_ == SCHEDULED && c.status == "False")
+                && st.replicas.is_empty()
             {
+                // Nothing was created on any node: take the Volume back so that no object is
+                // left behind to be placed later, owned by no PV.
+                let why = c.message.clone();
+                self.withdraw(&v).await?;
                 return Err(Status::resource_exhausted(format!(
-                    "cannot place volume {name}: {}",
-                    c.message
+                    "cannot place volume {name}: {why}"
                 )));
             }
             if Instant::now() >= deadline {
@@ -424,19 +500,34 @@ impl Controller for Csi {
         req: Request<csi::ControllerPublishVolumeRequest>,
     ) -> Result<Response<csi::ControllerPublishVolumeResponse>, Status> {
         let req = req.into_inner();
+        // The spec's order: required fields, then existence (volume, node), then the rest.
         if req.volume_id.is_empty() || req.node_id.is_empty() {
             return Err(Status::invalid_argument(
                 "volume_id and node_id are required",
             ));
         }
         let caps: Vec<csi::VolumeCapability> = req.volume_capability.into_iter().collect();
-        check_capabilities(&caps).map_err(Status::invalid_argument)?;
+        if caps.is_empty() {
+            return Err(Status::invalid_argument("volume_capability is required"));
+        }
         let v = self
             .0
             .volumes()
-            .get(&req.volume_id)
+            .get_opt(&req.volume_id)
             .await
-            .map_err(kube_err)?;
+            .map_err(kube_err)?
+            .ok_or_else(|| Status::not_found(format!("volume {} does not exist", req.volume_id)))?;
+        ferrite_protocol::nqn::validate(&req.node_id).map_err(|e| {
+            Status::not_found(format!("node_id {:?} is not a host NQN: {e}", req.node_id))
+        })?;
+        check_capabilities(&caps).map_err(Status::invalid_argument)?;
+        // Single-node access modes only (see check_capabilities): one node at a time.
+        if let Some(other) = v.spec.allowed_hosts.iter().find(|h| **h != req.node_id) {
+            return Err(Status::failed_precondition(format!(
+                "volume {} is published to {other}; unpublish it there first",
+                req.volume_id
+            )));
+        }
         let ctx = context(&v).ok_or_else(|| Status::unavailable("volume not served yet"))?;
         self.set_host(&v, &req.node_id, true).await?;
         Ok(Response::new(csi::ControllerPublishVolumeResponse {
@@ -479,9 +570,10 @@ impl Controller for Csi {
         }
         self.0
             .volumes()
-            .get(&req.volume_id)
+            .get_opt(&req.volume_id)
             .await
-            .map_err(kube_err)?;
+            .map_err(kube_err)?
+            .ok_or_else(|| Status::not_found(format!("volume {} does not exist", req.volume_id)))?;
         let resp = match check_capabilities(&req.volume_capabilities) {
             Ok(()) => csi::ValidateVolumeCapabilitiesResponse {
                 confirmed: Some(csi::validate_volume_capabilities_response::Confirmed {
@@ -631,6 +723,12 @@ impl Controller for Csi {
             .capacity_range
             .as_ref()
             .ok_or_else(|| Status::invalid_argument("capacity_range missing"))?;
+        let api = self.0.volumes();
+        let v = api
+            .get_opt(&req.volume_id)
+            .await
+            .map_err(kube_err)?
+            .ok_or_else(|| Status::not_found(format!("volume {} does not exist", req.volume_id)))?;
         let size = size_for(Some(range))?;
         let wanted = i64::try_from(size)
             .map_err(|_| Status::out_of_range(format!("{size} bytes is too large")))?;
@@ -640,12 +738,6 @@ impl Controller for Csi {
                 Some(csi::volume_capability::AccessType::Block(_))
             )
         });
-        let api = self.0.volumes();
-        let v = api
-            .get_opt(&req.volume_id)
-            .await
-            .map_err(kube_err)?
-            .ok_or_else(|| Status::not_found(format!("volume {} does not exist", req.volume_id)))?;
         if v.spec.size_bytes < wanted {
             self.check_room_to_grow(&v, size).await?;
             let patch = serde_json::json!({ "spec": { "sizeBytes": wanted } });

@@ -9,7 +9,7 @@ use ferrite_api::csi::v1::{
 };
 use tonic::Status;
 
-use crate::crd::volume::FsType;
+use crate::crd::volume::{FsType, TopologyExpression, TopologyTerm};
 use crate::crd::{VolumeSpec, VolumeTopology};
 use crate::decisions::model::BLOCK_SIZE;
 
@@ -114,11 +114,30 @@ pub fn check_capabilities(caps: &[VolumeCapability]) -> Result<(), String> {
     Ok(())
 }
 
-/// The Volume spec for a CreateVolume request's parameters and topology.
+/// StorageClass parameter: FerriteNodes that may hold replicas (`a,b,c`).
+pub const PARAM_ALLOWED_NODES: &str = "allowedNodes";
+/// StorageClass parameter: labels a FerriteNode must carry to hold a replica
+/// (`topology.kubernetes.io/zone=z1,disk=ssd`).
+pub const PARAM_NODE_SELECTOR: &str = "nodeSelector";
+/// Parameters external-provisioner adds with `--extra-create-metadata`.
+pub const PARAM_PVC_NAME: &str = "csi.storage.k8s.io/pvc/name";
+/// See [`PARAM_PVC_NAME`].
+pub const PARAM_PVC_NAMESPACE: &str = "csi.storage.k8s.io/pvc/namespace";
+/// See [`PARAM_PVC_NAME`].
+pub const PARAM_PV_NAME: &str = "csi.storage.k8s.io/pv/name";
+
+/// The Volume spec for a CreateVolume request's parameters and its StorageClass's
+/// `allowedTopologies` (`class_terms`).
+///
+/// Topology: a Ferrite volume is reachable from every node, so the request's requisite and
+/// preferred segments restrict nothing (the first preferred node is a locality hint the
+/// reconciler reads from an annotation, see [`preferred_node`]). Only explicit restrictions
+/// limit where replicas go: the class's `allowedTopologies`, and the `allowedNodes` and
+/// `nodeSelector` parameters.
 pub fn volume_spec(
     size: u64,
     params: &HashMap<String, String>,
-    topology: Option<&TopologyRequirement>,
+    class_terms: &[TopologyTerm],
 ) -> Result<VolumeSpec, Status> {
     let replicas = match params.get("replicas") {
         None => crate::crd::volume::DEFAULT_REPLICAS,
@@ -155,26 +174,73 @@ pub fn volume_spec(
             )));
         }
     };
-    let mut allowed: BTreeSet<String> = BTreeSet::new();
-    if let Some(t) = topology {
-        for seg in &t.requisite {
-            if let Some(n) = seg.segments.get(TOPOLOGY_NODE_KEY) {
-                allowed.insert(n.clone());
+    let allowed_nodes: BTreeSet<String> = params
+        .get(PARAM_ALLOWED_NODES)
+        .map(|s| {
+            s.split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut required_node_labels = BTreeMap::new();
+    if let Some(sel) = params.get(PARAM_NODE_SELECTOR) {
+        for pair in sel.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some((k, v)) if !k.trim().is_empty() => {
+                    required_node_labels.insert(k.trim().to_string(), v.trim().to_string());
+                }
+                _ => {
+                    return Err(Status::invalid_argument(format!(
+                        "parameter {PARAM_NODE_SELECTOR}: {pair:?} is not KEY=VALUE"
+                    )));
+                }
             }
         }
     }
-    let topology = (!allowed.is_empty()).then(|| VolumeTopology {
-        allowed_nodes: allowed.into_iter().collect(),
-        required_node_labels: BTreeMap::new(),
-    });
+    for t in class_terms {
+        if t.match_label_expressions.iter().any(|e| e.key.is_empty() || e.values.is_empty()) {
+            return Err(Status::invalid_argument(
+                "the StorageClass's allowedTopologies has a term with an empty key or no values",
+            ));
+        }
+    }
+    let topology = VolumeTopology {
+        allowed_nodes: allowed_nodes.into_iter().collect(),
+        required_node_labels,
+        allowed_topologies: class_terms.to_vec(),
+    };
     Ok(VolumeSpec {
         size_bytes: i64::try_from(size).map_err(|_| Status::out_of_range("size too large"))?,
         replicas,
         thin,
-        topology,
+        topology: (topology != VolumeTopology::default()).then_some(topology),
         fs_type,
         allowed_hosts: Vec::new(),
     })
+}
+
+/// A StorageClass's `allowedTopologies` as Volume topology terms.
+pub fn class_terms(
+    allowed: Option<&[k8s_openapi::api::core::v1::TopologySelectorTerm]>,
+) -> Vec<TopologyTerm> {
+    allowed
+        .unwrap_or_default()
+        .iter()
+        .map(|t| TopologyTerm {
+            match_label_expressions: t
+                .match_label_expressions
+                .iter()
+                .flatten()
+                .map(|e| TopologyExpression {
+                    key: e.key.clone(),
+                    values: e.values.clone(),
+                })
+                .collect(),
+        })
+        .filter(|t| !t.match_label_expressions.is_empty())
+        .collect()
 }
 
 /// The node of the first preferred topology segment that names one.
@@ -255,33 +321,71 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        let t = TopologyRequirement {
-            requisite: vec![Topology {
-                segments: [(TOPOLOGY_NODE_KEY.to_string(), "a".to_string())].into(),
-            }],
-            preferred: vec![],
-        };
-        let s = volume_spec(4096, &p, Some(&t)).expect("spec");
+        let s = volume_spec(4096, &p, &[]).expect("spec");
         assert_eq!(
             (s.replicas, s.thin, s.fs_type),
             (3, false, Some(FsType::Xfs))
         );
-        assert_eq!(
-            s.topology.map(|t| t.allowed_nodes),
-            Some(vec!["a".to_string()])
-        );
+        assert_eq!(s.topology, None, "no explicit restriction, none recorded");
         let bad: HashMap<String, String> = [("replicas".to_string(), "4".to_string())].into();
         assert_eq!(
-            volume_spec(1, &bad, None).map_err(|s| s.code()).err(),
+            volume_spec(1, &bad, &[]).map_err(|s| s.code()).err(),
             Some(tonic::Code::InvalidArgument)
         );
-        assert_eq!(preferred_node(Some(&t)), None);
-        let pref = TopologyRequirement {
-            requisite: vec![],
-            preferred: t.requisite.clone(),
-        };
-        assert_eq!(preferred_node(Some(&pref)).as_deref(), Some("a"));
-        let s = volume_spec(1, &HashMap::new(), None).expect("defaults");
+        let s = volume_spec(1, &HashMap::new(), &[]).expect("defaults");
         assert_eq!((s.replicas, s.thin, s.topology), (2, true, None));
+    }
+
+    #[test]
+    fn the_preferred_segment_is_a_hint_and_requisite_restricts_nothing() {
+        // What external-provisioner sends with --strict-topology and WaitForFirstConsumer:
+        // the selected node as the only requisite and the first preferred segment.
+        let seg = |n: &str| Topology {
+            segments: [(TOPOLOGY_NODE_KEY.to_string(), n.to_string())].into(),
+        };
+        let strict = TopologyRequirement {
+            requisite: vec![seg("a")],
+            preferred: vec![seg("a")],
+        };
+        assert_eq!(preferred_node(Some(&strict)).as_deref(), Some("a"));
+        let only_requisite = TopologyRequirement {
+            requisite: vec![seg("a")],
+            preferred: vec![],
+        };
+        assert_eq!(preferred_node(Some(&only_requisite)), None);
+        assert_eq!(preferred_node(None), None);
+    }
+
+    #[test]
+    fn explicit_restrictions_come_from_parameters_and_the_class() {
+        let p: HashMap<String, String> = [
+            (PARAM_ALLOWED_NODES, " b, a ,"),
+            (PARAM_NODE_SELECTOR, "topology.kubernetes.io/zone=z1, disk=ssd"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let class = [k8s_openapi::api::core::v1::TopologySelectorTerm {
+            match_label_expressions: Some(vec![
+                k8s_openapi::api::core::v1::TopologySelectorLabelRequirement {
+                    key: "topology.kubernetes.io/zone".into(),
+                    values: vec!["z1".into(), "z2".into()],
+                },
+            ]),
+        }];
+        let terms = class_terms(Some(&class));
+        let s = volume_spec(4096, &p, &terms).expect("spec");
+        let t = s.topology.expect("topology");
+        assert_eq!(t.allowed_nodes, ["a", "b"]);
+        assert_eq!(t.required_node_labels["disk"], "ssd");
+        assert_eq!(t.allowed_topologies, terms);
+        assert_eq!(t.allowed_topologies[0].match_label_expressions[0].values, ["z1", "z2"]);
+        let bad: HashMap<String, String> =
+            [(PARAM_NODE_SELECTOR.to_string(), "zone".to_string())].into();
+        assert_eq!(
+            volume_spec(1, &bad, &[]).map_err(|s| s.code()).err(),
+            Some(tonic::Code::InvalidArgument)
+        );
+        assert!(class_terms(None).is_empty());
     }
 }

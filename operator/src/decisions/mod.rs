@@ -7,9 +7,11 @@
 //! - [`repair`]: what to do about faulted, missing and surplus replicas.
 //! - [`status`]: a volume's state and a pool's phase from what was observed.
 //! - [`growth`]: whether a volume's served size must and can grow to its spec.
+//! - [`orphans`]: which replicas and targets on a node no Volume refers to, and when they go.
 
 pub mod growth;
 pub mod model;
+pub mod orphans;
 pub mod placement;
 pub mod repair;
 pub mod status;

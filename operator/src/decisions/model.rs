@@ -5,7 +5,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::crd::ReplicaState;
-use crate::crd::volume::ValidVolumeSpec;
+use crate::crd::volume::{TopologyTerm, ValidVolumeSpec};
 
 /// Block size of volumes: sizes are rounded up to whole blocks.
 pub const BLOCK_SIZE: u64 = 4096;
@@ -60,6 +60,30 @@ pub struct Topology {
     pub allowed_nodes: Option<BTreeSet<String>>,
     /// Labels a node must carry, with these values.
     pub required_labels: BTreeMap<String, String>,
+    /// `allowedTopologies` terms: a node must match one (empty: no restriction).
+    pub terms: Vec<TopologyTerm>,
+}
+
+/// Keys whose value is the node's name rather than one of its labels.
+pub const NODE_NAME_KEYS: [&str; 2] = ["topology.ferrite.dev/node", "kubernetes.io/hostname"];
+
+/// The label that says which zone a node is in; replicas are spread over zones.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+/// A node's value for a topology key: its name for [`NODE_NAME_KEYS`], else its label.
+pub fn topology_value<'n>(node: &'n NodeView, key: &str) -> Option<&'n str> {
+    if NODE_NAME_KEYS.contains(&key) {
+        Some(node.name.as_str())
+    } else {
+        node.labels.get(key).map(String::as_str)
+    }
+}
+
+/// Whether `node` matches every expression of `term`.
+fn matches_term(node: &NodeView, term: &TopologyTerm) -> bool {
+    term.match_label_expressions.iter().all(|e| {
+        topology_value(node, &e.key).is_some_and(|v| e.values.iter().any(|w| w == v))
+    })
 }
 
 /// Why a node does not satisfy a topology.
@@ -67,6 +91,8 @@ pub struct Topology {
 pub enum TopologyMismatch {
     /// Not in `allowedNodes`.
     NotAllowed,
+    /// It matches none of the `allowedTopologies` terms.
+    NoTerm,
     /// A required label is absent or has another value.
     Label {
         /// The label key.
@@ -80,6 +106,7 @@ impl fmt::Display for TopologyMismatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TopologyMismatch::NotAllowed => write!(f, "not in allowedNodes"),
+            TopologyMismatch::NoTerm => write!(f, "matches no allowedTopologies term"),
             TopologyMismatch::Label { key, want } => write!(f, "lacks label {key}={want}"),
         }
     }
@@ -101,6 +128,9 @@ impl Topology {
                 });
             }
         }
+        if !self.terms.is_empty() && !self.terms.iter().any(|t| matches_term(node, t)) {
+            return Err(TopologyMismatch::NoTerm);
+        }
         Ok(())
     }
 }
@@ -110,6 +140,7 @@ impl From<&ValidVolumeSpec> for Topology {
         Topology {
             allowed_nodes: spec.allowed_nodes.clone(),
             required_labels: spec.required_node_labels.clone(),
+            terms: spec.allowed_topologies.clone(),
         }
     }
 }
@@ -181,6 +212,7 @@ mod tests {
         let t = Topology {
             allowed_nodes: Some(["a".to_string(), "b".to_string()].into()),
             required_labels: [("zone".to_string(), "z1".to_string())].into(),
+            terms: vec![],
         };
         assert_eq!(t.admits(&node("a", &[("zone", "z1")])), Ok(()));
         assert_eq!(
@@ -190,6 +222,33 @@ mod tests {
         let err = t.admits(&node("b", &[("zone", "z2")])).unwrap_err();
         assert_eq!(err.to_string(), "lacks label zone=z1");
         assert_eq!(Topology::default().admits(&node("x", &[])), Ok(()));
+        // allowedTopologies: any term, every expression of it; node keys name the node.
+        let term = |exprs: &[(&str, &[&str])]| TopologyTerm {
+            match_label_expressions: exprs
+                .iter()
+                .map(|(k, vs)| crate::crd::volume::TopologyExpression {
+                    key: k.to_string(),
+                    values: vs.iter().map(|v| v.to_string()).collect(),
+                })
+                .collect(),
+        };
+        let t = Topology {
+            terms: vec![
+                term(&[(ZONE_LABEL, &["z1", "z2"])]),
+                term(&[("topology.ferrite.dev/node", &["x"])]),
+            ],
+            ..Topology::default()
+        };
+        assert_eq!(t.admits(&node("a", &[(ZONE_LABEL, "z2")])), Ok(()));
+        assert_eq!(t.admits(&node("x", &[])), Ok(()));
+        assert_eq!(
+            t.admits(&node("b", &[(ZONE_LABEL, "z3")])),
+            Err(TopologyMismatch::NoTerm)
+        );
+        assert_eq!(
+            TopologyMismatch::NoTerm.to_string(),
+            "matches no allowedTopologies term"
+        );
     }
 
     #[test]

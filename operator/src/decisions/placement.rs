@@ -13,6 +13,13 @@
 //!    Ties go to the pool with more free bytes, then to the smaller node and pool names, so
 //!    the same inputs always give the same answer.
 //!
+//! 5. Locality, then zones: the request's `prefer_node` (the node the CSI consumer was
+//!    scheduled on) gets the first replica when it passes rules 1-3, so that reads and half
+//!    the writes stay on that node; without room there placement goes on as if there were
+//!    no preference. Then replicas go to nodes in zones (label `topology.kubernetes.io/zone`)
+//!    that hold none of the volume's replicas yet, as far as the candidates allow; nodes
+//!    without a zone label count as zones of their own.
+//!
 //! When fewer nodes than replicas pass rules 1-2 (or have no Online pool at all) the error is
 //! [`PlacementError::NotEnoughNodes`]; when enough nodes qualify but too few have room, it is
 //! [`PlacementError::NoSpace`]. Both list why every rejected node was rejected.
@@ -21,7 +28,7 @@ use std::cmp::Ordering;
 use std::collections::BTreeSet;
 use std::fmt;
 
-use super::model::{NodeView, PoolView, Topology, TopologyMismatch, human_bytes};
+use super::model::{NodeView, PoolView, Topology, TopologyMismatch, ZONE_LABEL, human_bytes};
 
 /// Tunables of placement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +59,8 @@ pub struct PlacementRequest<'a> {
     pub topology: &'a Topology,
     /// Nodes that already hold a replica of this volume.
     pub exclude_nodes: &'a BTreeSet<String>,
+    /// A node to put the first replica on if it can take one (data locality).
+    pub prefer_node: Option<&'a str>,
 }
 
 /// One replica's place.
@@ -310,10 +319,48 @@ pub fn place(
         return Err(PlacementError::NoReplicas);
     }
     let ranking = rank(req, nodes, policy);
-    shortfall(req, &ranking).map_or_else(
-        || Ok(ranking.candidates.into_iter().take(req.replicas).collect()),
-        Err,
-    )
+    shortfall(req, &ranking).map_or_else(|| Ok(select(req, ranking.candidates, nodes)), Err)
+}
+
+/// Orders ranked candidates by rule 5 (the preferred node first, then unused zones) and
+/// takes `req.replicas` of them.
+pub fn select(
+    req: &PlacementRequest<'_>,
+    mut candidates: Vec<Placement>,
+    nodes: &[NodeView],
+) -> Vec<Placement> {
+    if let Some(p) = req.prefer_node
+        && let Some(i) = candidates.iter().position(|c| c.node == p)
+    {
+        let c = candidates.remove(i);
+        candidates.insert(0, c);
+    }
+    let zone = |name: &str| {
+        nodes
+            .iter()
+            .find(|n| n.name == name)
+            .and_then(|n| n.labels.get(ZONE_LABEL))
+            .cloned()
+    };
+    let mut used: BTreeSet<String> = req.exclude_nodes.iter().filter_map(|n| zone(n)).collect();
+    let mut chosen: Vec<Placement> = Vec::with_capacity(req.replicas);
+    let mut rest = Vec::new();
+    for c in candidates {
+        if chosen.len() == req.replicas {
+            break;
+        }
+        match zone(&c.node) {
+            Some(z) if used.contains(&z) => rest.push(c),
+            Some(z) => {
+                used.insert(z);
+                chosen.push(c);
+            }
+            None => chosen.push(c),
+        }
+    }
+    let missing = req.replicas.saturating_sub(chosen.len());
+    chosen.extend(rest.into_iter().take(missing));
+    chosen
 }
 
 /// The error placing `req.replicas` replicas meets with this ranking, if any.
@@ -378,6 +425,7 @@ mod tests {
             thin: false,
             topology,
             exclude_nodes: exclude,
+            prefer_node: None,
         }
     }
 
@@ -457,6 +505,7 @@ mod tests {
         let t = Topology {
             allowed_nodes: None,
             required_labels: [("zone".to_string(), "z1".to_string())].into(),
+            terms: vec![],
         };
         let ex = BTreeSet::new();
         let got = place(&req(1, GIB, &t, &ex), &nodes, &PlacementPolicy::default()).unwrap();
@@ -465,6 +514,7 @@ mod tests {
         let t = Topology {
             allowed_nodes: Some(["a".to_string(), "d".to_string(), "e".to_string()].into()),
             required_labels: Default::default(),
+            terms: vec![],
         };
         let err = place(&req(2, GIB, &t, &ex), &nodes, &PlacementPolicy::default()).unwrap_err();
         assert_eq!(
@@ -472,6 +522,51 @@ mod tests {
             "cannot place 2 replica(s) on distinct nodes: 1 node(s) eligible (b: not in allowedNodes; \
              d: unreachable; e: not schedulable; f: not in allowedNodes)"
         );
+    }
+
+    #[test]
+    fn the_preferred_node_gets_a_replica_when_it_has_room() {
+        let nodes = [
+            node("a", vec![pool("p", 10 * GIB, 9 * GIB)]),
+            node("b", vec![pool("p", 10 * GIB, 0)]),
+            node("c", vec![pool("p", 10 * GIB, 0)]),
+        ];
+        let (t, ex) = (Topology::default(), BTreeSet::new());
+        let mut r = req(2, GIB, &t, &ex);
+        r.prefer_node = Some("a");
+        let got = place(&r, &nodes, &PlacementPolicy::default()).unwrap();
+        assert_eq!(names(&got), [("a", "p"), ("b", "p")]);
+        // No room on the preferred node: placed as without a preference.
+        r.replica_bytes = 2 * GIB;
+        let got = place(&r, &nodes, &PlacementPolicy::default()).unwrap();
+        assert_eq!(names(&got), [("b", "p"), ("c", "p")]);
+        // A preferred node that is not registered changes nothing either.
+        r.prefer_node = Some("zz");
+        assert_eq!(
+            names(&place(&r, &nodes, &PlacementPolicy::default()).unwrap()),
+            [("b", "p"), ("c", "p")]
+        );
+    }
+
+    #[test]
+    fn replicas_spread_over_zones() {
+        let zoned = |name: &str, zone: &str, used: u64| {
+            let mut n = node(name, vec![pool("p", 10 * GIB, used)]);
+            n.labels.insert(ZONE_LABEL.into(), zone.into());
+            n
+        };
+        // a and b (z1) are emptier than c (z2), but the second replica goes to z2.
+        let nodes = [zoned("a", "z1", 0), zoned("b", "z1", 0), zoned("c", "z2", 5 * GIB)];
+        let (t, ex) = (Topology::default(), BTreeSet::new());
+        let got = place(&req(2, GIB, &t, &ex), &nodes, &PlacementPolicy::default()).unwrap();
+        assert_eq!(names(&got), [("a", "p"), ("c", "p")]);
+        // Three replicas over two zones: the zones first, then the best remaining node.
+        let got = place(&req(3, GIB, &t, &ex), &nodes, &PlacementPolicy::default()).unwrap();
+        assert_eq!(names(&got), [("a", "p"), ("c", "p"), ("b", "p")]);
+        // A replacement avoids the zones of the replicas that stay.
+        let ex: BTreeSet<String> = ["a".to_string()].into();
+        let got = place(&req(1, GIB, &t, &ex), &nodes, &PlacementPolicy::default()).unwrap();
+        assert_eq!(names(&got), [("c", "p")]);
     }
 
     #[test]

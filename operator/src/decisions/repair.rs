@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use super::model::{NodeView, ReplicaView, Topology};
 use super::placement::{
-    Placement, PlacementError, PlacementPolicy, PlacementRequest, rank, shortfall,
+    Placement, PlacementError, PlacementPolicy, PlacementRequest, rank, select, shortfall,
 };
 use crate::crd::ReplicaState;
 
@@ -294,10 +294,11 @@ fn plan_new_replicas(
         thin: input.thin,
         topology: input.topology,
         exclude_nodes: &exclude,
+        prefer_node: None,
     };
     let ranking = rank(&request, nodes, placement);
     let error = shortfall(&request, &ranking);
-    let mut places = ranking.candidates.into_iter();
+    let mut places = select(&request, ranking.candidates, nodes).into_iter();
     for slot in slots {
         match (places.next(), slot, &error) {
             (Some(with), Some(r), _) => plan.actions.push(RepairAction::Replace {

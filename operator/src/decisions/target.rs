@@ -209,6 +209,7 @@ mod tests {
         let only_c = Topology {
             allowed_nodes: Some(["c".to_string()].into()),
             required_labels: Default::default(),
+            terms: vec![],
         };
         let got = choose_target(&[], &nodes, &only_c, None, None).unwrap();
         assert_eq!(got.node, "c");

@@ -2,7 +2,8 @@
 //! API what exists, call [`crate::decisions`], carry out what those return on the nodes and
 //! write the result into each object's status.
 //!
-//! - [`node`]: a FerriteNode's status from `GetNodeInfo` and `ListPools`.
+//! - [`node`]: a FerriteNode's status from `GetNodeInfo` and `ListPools`, and the garbage
+//!   collection of replicas and targets on it that no Volume refers to.
 //! - [`pool`]: a StoragePool created on its node (`CreatePool`), its status, and a finalizer
 //!   that refuses deletion while volumes use the pool, then runs `DestroyPool`.
 //! - [`volume`]: placement, replicas (`CreateReplica`), the target (`CreateVolume`), status
@@ -50,6 +51,10 @@ pub struct Context {
     pub repair_grace: Duration,
     /// Where reconciles and the observed object states are counted.
     pub metrics: Arc<Metrics>,
+    /// How long a replica or target no Volume refers to is left before it is destroyed.
+    pub orphan_grace: Duration,
+    /// When each orphan was first seen.
+    pub orphans: std::sync::Mutex<crate::decisions::orphans::OrphanClock>,
 }
 
 impl Context {
@@ -69,6 +74,8 @@ impl Context {
             resync: Duration::from_secs(10),
             repair_grace: Duration::from_secs(300),
             metrics: Arc::new(Metrics::new()),
+            orphan_grace: Duration::from_secs(600),
+            orphans: std::sync::Mutex::new(Default::default()),
         })
     }
 

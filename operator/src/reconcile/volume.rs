@@ -2,9 +2,10 @@
 //! [`VOLUME_FINALIZER`] destroys the target and every replica on the nodes.
 //!
 //! One pass, each step idempotent:
-//! 1. No replicas in the status: place them ([`placement::place`]) and write them into the
-//!    status (state Pending) **before** creating anything, so a restarted operator finds
-//!    them. Unplaceable: `Scheduled` False with the reason, a Warning Event, retried.
+//! 1. No replicas in the status: place them ([`placement::place`], the first on the
+//!    `ferrite.dev/preferred-target` node when it has room: data locality) and write them
+//!    into the status (state Pending) **before** creating anything, so a restarted operator
+//!    finds them. Unplaceable: `Scheduled` False with the reason, a Warning Event, retried.
 //! 2. Choose the target node ([`choose_target`]) once (preferring the node named by the
 //!    `ferrite.dev/preferred-target` annotation the CSI controller sets from the request's
 //!    preferred topology), and record it with the volume NQN.
@@ -223,6 +224,13 @@ async fn apply(v: Arc<Volume>, ctx: Arc<Context>) -> Result<Action, Error> {
     let old = v.status.clone().unwrap_or_default();
     let mut st = old.clone();
 
+    let preferred = v
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(crate::csi::params::PREFERRED_TARGET_ANNOTATION))
+        .map(String::as_str);
+
     // 1. Placement, persisted before anything is created.
     if st.replicas.is_empty() {
         let none = BTreeSet::new();
@@ -232,6 +240,7 @@ async fn apply(v: Arc<Volume>, ctx: Arc<Context>) -> Result<Action, Error> {
             thin: spec.thin,
             topology: &topology,
             exclude_nodes: &none,
+            prefer_node: preferred,
         };
         match placement::place(&req, &views, &PlacementPolicy::default()) {
             Err(e) => {
@@ -311,12 +320,6 @@ async fn apply(v: Arc<Volume>, ctx: Arc<Context>) -> Result<Action, Error> {
     // 2. Target node.
     if st.target_node.is_none() {
         let rv = replica_views(&st.replicas, &present, &t);
-        let preferred = v
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(crate::csi::params::PREFERRED_TARGET_ANNOTATION))
-            .map(String::as_str);
         let first = preferred.filter(|p| preferred_holds_replica(p, &st.replicas, &views));
         let choice = match first {
             Some(p) => Ok(p.to_string()),
