@@ -57,6 +57,24 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
 
+    /// NVMe/TCP connections served at once (default 1024); further ones are refused.
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// NVMe/TCP connections served at once from one IP address (default 128).
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_address: Option<usize>,
+
+    /// Memory budget of one NVMe/TCP connection, e.g. 4MiB (the default): over it the target
+    /// stops reading from the host until its replies drain.
+    #[arg(long, value_name = "SIZE")]
+    pub connection_buffer: Option<String>,
+
+    /// Seconds a host that does not read its socket is given before it is disconnected
+    /// (default 30).
+    #[arg(long, value_name = "SECS")]
+    pub drain_timeout: Option<u64>,
+
     /// Log filter (overridden by RUST_LOG).
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -85,18 +103,29 @@ impl Args {
         if self.state_dir.is_some() {
             config.state_dir = self.state_dir.clone();
         }
+        let l = &mut config.limits;
+        l.max_connections = self.max_connections.or(l.max_connections);
+        l.max_connections_per_address = self.max_connections_per_address.or(l.max_connections_per_address);
+        l.connection_buffer = self.connection_buffer.clone().or(l.connection_buffer.take());
+        l.drain_timeout_secs = self.drain_timeout.or(l.drain_timeout_secs);
         for e in &self.export {
-            let (nqn, spec) = e
-                .split_once('=')
-                .with_context(|| format!("--export {e:?}: expected NQN=SPEC, e.g. nqn.2024-01.dev.ferrite:vol1=ram:1GiB"))?;
+            let (nqn, spec) = e.split_once('=').with_context(|| {
+                format!("--export {e:?}: expected NQN=SPEC, e.g. nqn.2024-01.dev.ferrite:vol1=ram:1GiB")
+            })?;
             config.subsystems.push(SubsystemSpec {
                 nqn: nqn.to_string(),
                 allow_hosts: self.allow_host.clone(),
-                namespaces: vec![NamespaceSpec { nsid: 1, backend: spec.to_string(), block_size: Some(self.block_size) }],
+                namespaces: vec![NamespaceSpec {
+                    nsid: 1,
+                    backend: spec.to_string(),
+                    block_size: Some(self.block_size),
+                }],
             });
         }
         if !self.allow_host.is_empty() && self.export.is_empty() {
-            bail!("--allow-host applies to --export subsystems; give at least one --export (or set allow_hosts in the config file)");
+            bail!(
+                "--allow-host applies to --export subsystems; give at least one --export (or set allow_hosts in the config file)"
+            );
         }
         if config.listen.is_empty() {
             config.listen.push(SocketAddr::from(([127, 0, 0, 1], 4420)));
@@ -142,6 +171,29 @@ mod tests {
     }
 
     #[test]
+    fn target_limits() {
+        let c = parse(&[
+            "--max-connections",
+            "64",
+            "--max-connections-per-address",
+            "8",
+            "--connection-buffer",
+            "2MiB",
+            "--drain-timeout",
+            "5",
+        ])
+        .unwrap();
+        let o = c.limits.target_options().unwrap();
+        assert_eq!((o.max_connections, o.max_connections_per_address), (64, 8));
+        assert_eq!(o.max_connection_buffer, 2 << 20);
+        assert_eq!(o.drain_timeout, std::time::Duration::from_secs(5));
+        let d = parse(&[]).unwrap().limits.target_options().unwrap();
+        assert_eq!((d.max_connections, d.max_connections_per_address), (1024, 128));
+        assert!(parse(&["--max-connections", "0"]).is_err());
+        assert!(parse(&["--connection-buffer", "lots"]).is_err());
+    }
+
+    #[test]
     fn default_listener() {
         let c = parse(&["--export", "nqn.2024-01.dev.ferrite:a=ram:64MiB"]).unwrap();
         assert_eq!(c.listen, vec!["127.0.0.1:4420".parse().unwrap()]);
@@ -156,9 +208,14 @@ mod tests {
         let e = parse(&["--export", "nqn.2024-01.dev.ferrite:a=tape:1"]).unwrap_err().to_string();
         assert!(e.contains("tape"), "{e}");
         assert!(parse(&["--allow-host", "nqn.2014-08.org.nvmexpress:uuid:1"]).is_err());
-        let e = parse(&["--export", "nqn.2024-01.dev.ferrite:a=ram:1GiB", "--export", "nqn.2024-01.dev.ferrite:a=ram:1GiB"])
-            .unwrap_err()
-            .to_string();
+        let e = parse(&[
+            "--export",
+            "nqn.2024-01.dev.ferrite:a=ram:1GiB",
+            "--export",
+            "nqn.2024-01.dev.ferrite:a=ram:1GiB",
+        ])
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("twice"), "{e}");
     }
 }

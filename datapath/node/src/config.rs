@@ -1,4 +1,5 @@
-//! The datapath's configuration: listeners and exported subsystems, from YAML or the CLI.
+//! The datapath's configuration: listeners and exported subsystems, from YAML or the CLI,
+//! and the NVMe/TCP target's limits against hostile peers (`limits`).
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -32,6 +33,9 @@ pub struct Config {
     /// This node's identity.
     #[serde(default, skip_serializing_if = "is_default")]
     pub node: NodeSpec,
+    /// Limits of the NVMe/TCP target against hostile or stuck peers (unset: defaults).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub limits: LimitsSpec,
     /// Storage pools: RAID0 stripes over local disks, holding thin volumes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pools: Vec<PoolSpec>,
@@ -139,6 +143,72 @@ fn is_true(b: &bool) -> bool {
     *b
 }
 
+/// Limits of the NVMe/TCP target (`ferrite_target::TargetOptions`); unset fields keep the
+/// target's defaults (1024 connections, 128 per address, 4 MiB per connection, 30 s drain
+/// and data timeouts, 10 s for ICReq and Connect).
+#[derive(Debug, Default, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSpec {
+    /// Connections served at once, in total.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    /// Connections served at once from one peer IP address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_address: Option<usize>,
+    /// Memory budget of one connection (`4MiB`): data of commands executing or waiting to be
+    /// written to the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_buffer: Option<String>,
+    /// Seconds a write to a host that does not read may make no progress before it is
+    /// disconnected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_timeout_secs: Option<u64>,
+    /// Seconds a host may take to send the data an R2T asked for (or the rest of a PDU).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_timeout_secs: Option<u64>,
+    /// Seconds a new connection may take to send ICReq, and then to connect a queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_secs: Option<u64>,
+}
+
+impl LimitsSpec {
+    /// The target options these limits describe.
+    pub fn target_options(&self) -> Result<ferrite_target::TargetOptions> {
+        use std::time::Duration;
+        let mut o = ferrite_target::TargetOptions::default();
+        if let Some(n) = self.max_connections {
+            if n == 0 {
+                bail!("limits: max_connections must be at least 1");
+            }
+            o.max_connections = n;
+        }
+        if let Some(n) = self.max_connections_per_address {
+            if n == 0 {
+                bail!("limits: max_connections_per_address must be at least 1");
+            }
+            o.max_connections_per_address = n;
+        }
+        if let Some(b) = &self.connection_buffer {
+            let bytes = ferrite_block::parse_size(b).with_context(|| format!("limits: connection_buffer {b:?}"))?;
+            o.max_connection_buffer = usize::try_from(bytes).context("limits: connection_buffer too large")?;
+        }
+        let secs = |name: &str, v: Option<u64>, into: &mut Duration| -> Result<()> {
+            if let Some(s) = v {
+                if s == 0 {
+                    bail!("limits: {name} must be at least 1 second");
+                }
+                *into = Duration::from_secs(s);
+            }
+            Ok(())
+        };
+        secs("drain_timeout_secs", self.drain_timeout_secs, &mut o.drain_timeout)?;
+        secs("data_timeout_secs", self.data_timeout_secs, &mut o.data_timeout)?;
+        secs("idle_timeout_secs", self.idle_timeout_secs, &mut o.ic_timeout)?;
+        secs("idle_timeout_secs", self.idle_timeout_secs, &mut o.connect_timeout)?;
+        Ok(o)
+    }
+}
+
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()
 }
@@ -169,7 +239,8 @@ pub fn node_hostnqn(name: &str) -> String {
 
 /// Parses a UUID in its usual text form.
 pub fn parse_uuid(what: &str, s: &str) -> Result<uuid::Uuid> {
-    uuid::Uuid::parse_str(s).with_context(|| format!("{what}: {s:?} is not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)"))
+    uuid::Uuid::parse_str(s)
+        .with_context(|| format!("{what}: {s:?} is not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)"))
 }
 
 /// One exported subsystem.
@@ -218,6 +289,7 @@ impl Config {
     /// Checks everything that can be checked before opening devices.
     pub fn validate(&self) -> Result<()> {
         self.validate_storage()?;
+        self.limits.target_options()?;
         let mut seen = HashSet::new();
         for s in &self.subsystems {
             nqn::validate(&s.nqn).with_context(|| format!("subsystem {:?}", s.nqn))?;
@@ -238,8 +310,9 @@ impl Config {
                 if !ids.insert(ns.nsid) {
                     bail!("subsystem {:?}: namespace ID {} is given twice", s.nqn, ns.nsid);
                 }
-                BackendSpec::parse(&ns.backend)
-                    .with_context(|| format!("subsystem {:?} namespace {}: backend {:?}", s.nqn, ns.nsid, ns.backend))?;
+                BackendSpec::parse(&ns.backend).with_context(|| {
+                    format!("subsystem {:?} namespace {}: backend {:?}", s.nqn, ns.nsid, ns.backend)
+                })?;
             }
         }
         Ok(())
@@ -275,7 +348,8 @@ impl Config {
             if !pools.contains(r.pool.as_str()) {
                 bail!("replica {id}: pool {:?} is not configured on this node", r.pool);
             }
-            let size = ferrite_block::parse_size(&r.size).with_context(|| format!("replica {id}: size {:?}", r.size))?;
+            let size =
+                ferrite_block::parse_size(&r.size).with_context(|| format!("replica {id}: size {:?}", r.size))?;
             if size == 0 {
                 bail!("replica {id}: size must be greater than zero");
             }
@@ -360,7 +434,10 @@ mod tests {
         let bad = [
             ("pools:\n  - name: p\n    disks: []\n", "no disks"),
             ("replicas:\n  - uuid: nope\n    pool: p\n    size: 1M\n", "not a UUID"),
-            ("replicas:\n  - uuid: 3f2a0d2e-6a8e-4c65-9d3b-0c2f6f7e5a11\n    pool: p\n    size: 1M\n", "not configured"),
+            (
+                "replicas:\n  - uuid: 3f2a0d2e-6a8e-4c65-9d3b-0c2f6f7e5a11\n    pool: p\n    size: 1M\n",
+                "not configured",
+            ),
             (
                 "volumes:\n  - uuid: 9b1c4f0e-2f4d-4d8a-8c3e-6a5b4c3d2e1f\n    replicas:\n      - uuid: 3f2a0d2e-6a8e-4c65-9d3b-0c2f6f7e5a11\n",
                 "no address",

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use ferrite_block::BlockDevice;
 use ferrite_block::spec::BackendSpec;
-use ferrite_target::{HostAccess, NamespaceConfig, SubsystemConfig, Target, TargetOptions};
+use ferrite_target::{HostAccess, NamespaceConfig, SubsystemConfig, Target};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
@@ -24,7 +24,7 @@ pub async fn run(mut config: Config, reload: Option<PathBuf>) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
 
-    let target = Target::new(TargetOptions::default());
+    let target = Target::new(config.limits.target_options()?);
     let mut devices: Vec<Arc<dyn BlockDevice>> = Vec::new();
     for s in &config.subsystems {
         let mut namespaces = Vec::new();

@@ -3,12 +3,27 @@
 //! reader's own task, see `running.rs`), and the writer that sends responses, C2HData and
 //! R2T PDUs. Malformed PDUs end the connection with
 //! a C2HTermReq carrying the fatal error status; nothing on this path panics.
+//!
+//! Hostile peers: every length from the wire is checked before anything is allocated (PDU
+//! lengths by `ferrite_protocol::pdu::layout`, in-capsule data against the capsule limit,
+//! SGL data lengths against MDTS at admission, H2CData offsets against the transfer). Each
+//! admitted command holds a [`Slot`] of the connection's [`Budget`] until its reply is on
+//! the socket: at most the queue size (SQSIZE + 1 entries, from Connect) of commands are
+//! outstanding, a host sending more is terminated, and while the data of commands executing
+//! or waiting to be written exceeds `max_connection_buffer` the reader stops reading new
+//! PDUs (backpressure). R2Ts are issued only within the same budget (further writes wait for
+//! their R2T). Every wait on the peer has a deadline: ICReq, Connect, H2CData after an R2T,
+//! the rest of a PDU once its header arrived, and socket writes (a host that does not read is
+//! disconnected after `drain_timeout`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use ferrite_block::IoBuf;
 use ferrite_protocol::command::{Sqe, admin_opcode, fctype, sgl_type};
@@ -27,10 +42,9 @@ use tracing::{debug, info, warn};
 use crate::controller::Controller;
 use crate::registry::{Shared, signalled};
 use crate::running::Running;
+use crate::stats::TargetStats;
 use crate::{admin, fabrics, io};
 
-/// How long a new connection may take to send its ICReq.
-const IC_TIMEOUT: Duration = Duration::from_secs(10);
 /// Messages queued towards the writer before command tasks wait.
 const WRITER_QUEUE: usize = 1024;
 /// Read data larger than this is written straight from its buffer instead of being copied
@@ -38,17 +52,77 @@ const WRITER_QUEUE: usize = 1024;
 const COPY_LIMIT: usize = 16 * 1024;
 /// The writer sends once its batch reaches this size.
 const BATCH_LIMIT: usize = 256 * 1024;
-/// Commands a host may have outstanding beyond its queue size before the connection is
-/// terminated (slack for hosts that count the queue size loosely).
-const INFLIGHT_SLACK: usize = 8;
+/// A connection's resource accounting, shared by its reader, its writer and its commands.
+#[derive(Default)]
+pub(crate) struct Budget {
+    /// Commands received and not yet answered on the socket (parked AERs excluded).
+    inflight: AtomicUsize,
+    /// Data bytes of those commands: executing, or their replies waiting to be written.
+    held: AtomicUsize,
+    /// Signalled whenever a slot is given back.
+    freed: Notify,
+}
+
+impl Budget {
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::Acquire)
+    }
+
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Acquire)
+    }
+
+    /// Takes a slot for one more command if fewer than `limit` are outstanding.
+    fn try_slot(self: &Arc<Self>, limit: usize) -> Option<Slot> {
+        let mut n = self.inflight.load(Ordering::Acquire);
+        loop {
+            if n >= limit {
+                return None;
+            }
+            match self.inflight.compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => {
+                    return Some(Slot { budget: self.clone(), bytes: 0 });
+                }
+                Err(now) => n = now,
+            }
+        }
+    }
+}
+
+/// One admitted command's share of its connection's [`Budget`]. Given back when dropped: by
+/// the writer once the command's reply is on the socket (or in its write batch), or
+/// wherever the command ends without a reply on the wire (a parked AER, a closed
+/// connection).
+pub(crate) struct Slot {
+    budget: Arc<Budget>,
+    bytes: usize,
+}
+
+impl Slot {
+    /// Counts `bytes` more of data held for this command.
+    fn charge(&mut self, bytes: usize) {
+        self.budget.held.fetch_add(bytes, Ordering::AcqRel);
+        self.bytes += bytes;
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.budget.held.fetch_sub(self.bytes, Ordering::AcqRel);
+        self.budget.inflight.fetch_sub(1, Ordering::AcqRel);
+        self.budget.freed.notify_one();
+    }
+}
 
 /// What command tasks hand to a connection's writer.
 pub(crate) enum Outgoing {
-    /// A response capsule.
+    /// A response capsule not counted in the budget (Connect, AER completions).
     Response(Cqe),
+    /// The response capsule of an admitted command.
+    Completion(Cqe, Slot),
     /// Data for a controller-to-host command, then its response (none when SQ flow control
     /// is disabled and the command succeeded: the last C2HData carries SUCCESS).
-    Data { cid: u16, data: IoBuf, response: Option<Cqe> },
+    Data { cid: u16, data: IoBuf, response: Option<Cqe>, slot: Slot },
     /// A request for write data.
     R2T(R2T),
     /// A fatal error: send C2HTermReq and close.
@@ -109,8 +183,6 @@ pub(crate) struct QueueCtx {
     pub sq_flow_disabled: bool,
     /// The local address the host reached (reported in the discovery log).
     pub local: SocketAddr,
-    /// Commands received and not yet answered (parked AERs excluded).
-    pub inflight: Arc<AtomicUsize>,
 }
 
 impl QueueCtx {
@@ -125,6 +197,18 @@ struct PendingWrite {
     buf: IoBuf,
     received: usize,
     digest_error: bool,
+    /// The rest of the data must have arrived by then.
+    deadline: Instant,
+    slot: Slot,
+}
+
+/// Which wait on the peer ran out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Timeout {
+    /// No successful Connect after ICResp.
+    Connect,
+    /// R2T data, or the rest of a started PDU, did not arrive.
+    Data,
 }
 
 /// Why a connection's read loop stopped.
@@ -134,6 +218,10 @@ enum Stop {
     Io(std::io::Error),
     /// A protocol violation: terminate with C2HTermReq.
     Fatal(PduError, Vec<u8>),
+    /// More commands outstanding than the queue has entries: terminate with C2HTermReq.
+    Overflow(PduError),
+    /// The peer did not send what the target waited for in time: close.
+    Timeout(Timeout),
 }
 
 impl From<std::io::Error> for Stop {
@@ -151,14 +239,21 @@ struct Queue {
     digests: Digests,
     ctx: Option<Arc<QueueCtx>>,
     closer: watch::Sender<bool>,
+    /// Submission queue entries (SQSIZE + 1) from Connect; 0 before.
     sqsize: u16,
     sqhd: Arc<AtomicU16>,
     sqid: Arc<AtomicU16>,
     pending: HashMap<u16, PendingWrite>,
-    /// Shared with the writer and, once bound, with the commands.
-    inflight: Arc<AtomicUsize>,
+    /// Writes admitted whose R2T waits for room in the budget (oldest first).
+    deferred: VecDeque<(Sqe, Slot)>,
+    /// Bytes of the buffers of `pending`.
+    r2t_bytes: usize,
+    /// Shared with the writer and the commands.
+    budget: Arc<Budget>,
     /// Commands executing, driven by this connection's task.
     running: Running,
+    /// A queue not bound by Connect by then is closed.
+    connect_deadline: Instant,
 }
 
 /// Serves one accepted TCP connection until it closes.
@@ -170,18 +265,27 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
     let (rd, mut wr) = stream.into_split();
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
 
-    let digests = match tokio::time::timeout(IC_TIMEOUT, initialize(&mut rd, &mut wr, &shared)).await {
+    let o = &shared.options;
+    let (ic_timeout, drain_timeout) = (o.ic_timeout, o.drain_timeout);
+    let digests = match tokio::time::timeout(ic_timeout, initialize(&mut rd, &mut wr, &shared)).await {
         Ok(Ok(d)) => d,
         Ok(Err(Stop::Fatal(e, header))) => {
             warn!(%peer, error = %e, "rejecting connection: bad ICReq");
+            TargetStats::bump(&shared.stats.protocol_errors);
             let mut out = Vec::new();
-            pdu::encode_pdu(&PduHeader::C2HTermReq(TermReq { fes: e.fes(), fei: e.fei() }), &header, Digests::NONE, &mut out);
-            let _ = wr.write_all(&out).await;
+            pdu::encode_pdu(
+                &PduHeader::C2HTermReq(TermReq { fes: e.fes(), fei: e.fei() }),
+                &header,
+                Digests::NONE,
+                &mut out,
+            );
+            let _ = tokio::time::timeout(drain_timeout, wr.write_all(&out)).await;
             return;
         }
         Ok(Err(_)) => return,
         Err(_) => {
-            debug!(%peer, "no ICReq within {IC_TIMEOUT:?}; closing");
+            warn!(%peer, timeout = ?ic_timeout, "no ICReq in time; closing the connection");
+            TargetStats::bump(&shared.stats.ic_timeouts);
             return;
         }
     };
@@ -189,18 +293,23 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
     let (tx, rx) = mpsc::channel(WRITER_QUEUE);
     let sqhd = Arc::new(AtomicU16::new(0));
     let sqid = Arc::new(AtomicU16::new(0));
-    let inflight = Arc::new(AtomicUsize::new(0));
+    let budget = Arc::new(Budget::default());
+    let (closer, mut closed) = watch::channel(false);
     let mut writer = tokio::spawn(write_loop(
         wr,
         rx,
-        digests,
-        sqid.clone(),
-        sqhd.clone(),
-        shared.options.max_c2h_data as usize,
-        inflight.clone(),
+        PduWriter {
+            buf: Vec::new(),
+            digests,
+            sqid: sqid.clone(),
+            sqhd: sqhd.clone(),
+            max_c2h: (shared.options.max_c2h_data as usize).max(4096),
+            drain_timeout,
+        },
+        WriterCtx { budget: budget.clone(), shared: shared.clone(), peer, closer: closer.clone() },
     ));
-    let (closer, mut closed) = watch::channel(false);
     let mut target_stop = shared.shutdown_signal();
+    let connect_deadline = Instant::now() + shared.options.connect_timeout;
     let mut q = Queue {
         shared,
         peer,
@@ -213,8 +322,11 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
         sqhd,
         sqid,
         pending: HashMap::new(),
-        inflight,
+        deferred: VecDeque::new(),
+        r2t_bytes: 0,
+        budget,
         running: Running::default(),
+        connect_deadline,
     };
 
     let stop = tokio::select! {
@@ -229,8 +341,24 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
         Stop::Io(e) => debug!(peer = %q.peer, error = %e, "connection error"),
         Stop::Fatal(e, header) => {
             warn!(peer = %q.peer, error = %e, fes = e.fes(), "terminating connection on a protocol error");
-            let _ = q.tx.send(Outgoing::Term { fes: e.fes(), fei: e.fei(), header }).await;
+            TargetStats::bump(&q.shared.stats.protocol_errors);
+            // The writer may be stuck on a host that does not read: do not wait on it.
+            let _ = q.tx.try_send(Outgoing::Term { fes: e.fes(), fei: e.fei(), header });
             drain_writer = true;
+        }
+        Stop::Overflow(e) => {
+            warn!(peer = %q.peer, queue_entries = q.sqsize, "terminating connection: the host exceeded its queue size");
+            TargetStats::bump(&q.shared.stats.queue_overflows);
+            let _ = q.tx.try_send(Outgoing::Term { fes: e.fes(), fei: e.fei(), header: Vec::new() });
+            drain_writer = true;
+        }
+        Stop::Timeout(Timeout::Connect) => {
+            warn!(peer = %q.peer, timeout = ?q.shared.options.connect_timeout, "no successful Connect in time; closing the connection");
+            TargetStats::bump(&q.shared.stats.connect_timeouts);
+        }
+        Stop::Timeout(Timeout::Data) => {
+            warn!(peer = %q.peer, timeout = ?q.shared.options.data_timeout, "the host did not send the data it owes in time; closing the connection");
+            TargetStats::bump(&q.shared.stats.data_timeouts);
         }
     }
     if let Some(ctx) = &q.ctx {
@@ -252,7 +380,11 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
 }
 
 /// Reads the ICReq and answers with ICResp. Returns the negotiated digests.
-async fn initialize(rd: &mut BufReader<OwnedReadHalf>, wr: &mut OwnedWriteHalf, shared: &Shared) -> Result<Digests, Stop> {
+async fn initialize(
+    rd: &mut BufReader<OwnedReadHalf>,
+    wr: &mut OwnedWriteHalf,
+    shared: &Shared,
+) -> Result<Digests, Stop> {
     let mut chb = [0u8; COMMON_HEADER_LEN];
     rd.read_exact(&mut chb).await?;
     let ch = CommonHeader::decode(&chb);
@@ -299,10 +431,65 @@ impl Queue {
         }
     }
 
+    /// While the data this connection holds is over budget, waits (the commands keep running
+    /// and the writer keeps draining) before reading anything more from the host.
+    async fn wait_for_budget(&mut self) {
+        let limit = self.shared.options.connection_budget();
+        if self.budget.held() <= limit {
+            return;
+        }
+        TargetStats::bump(&self.shared.stats.budget_stalls);
+        debug!(peer = %self.peer, held = self.budget.held(), limit, "connection over its memory budget; pausing reads");
+        let started = Instant::now();
+        while self.budget.held() > limit {
+            // A slot given back between the check and this wait leaves a permit: no lost wake-up.
+            self.budget.freed.notified().await;
+        }
+        // Time spent not reading does not count against the host's data deadlines.
+        let waited = started.elapsed();
+        for p in self.pending.values_mut() {
+            p.deadline += waited;
+        }
+    }
+
+    /// The earliest time by which the host must have sent something, and what for.
+    fn deadline(&self) -> Option<(Instant, Timeout)> {
+        let connect = self.ctx.is_none().then_some((self.connect_deadline, Timeout::Connect));
+        let data = self.pending.values().map(|p| p.deadline).min().map(|d| (d, Timeout::Data));
+        match (connect, data) {
+            (Some(c), Some(d)) => Some(if d.0 < c.0 { d } else { c }),
+            (c, d) => c.or(d),
+        }
+    }
+
     /// Reads and handles one PDU. `Ok(false)` when the host asked to end the connection.
     async fn read_one(&mut self, rd: &mut BufReader<OwnedReadHalf>) -> Result<bool, Stop> {
+        self.wait_for_budget().await;
         let mut chb = [0u8; COMMON_HEADER_LEN];
-        rd.read_exact(&mut chb).await?;
+        match self.deadline() {
+            Some((at, why)) => match tokio::time::timeout_at(at, rd.read_exact(&mut chb)).await {
+                Ok(r) => {
+                    r?;
+                }
+                Err(_) => return Err(Stop::Timeout(why)),
+            },
+            None => {
+                rd.read_exact(&mut chb).await?;
+            }
+        }
+        // Once a PDU has started, the rest of it must follow.
+        let data_timeout = self.shared.options.data_timeout;
+        match tokio::time::timeout(data_timeout, self.read_rest(chb, rd)).await {
+            Ok(r) => r,
+            Err(_) => Err(Stop::Timeout(Timeout::Data)),
+        }
+    }
+
+    async fn read_rest(
+        &mut self,
+        chb: [u8; COMMON_HEADER_LEN],
+        rd: &mut BufReader<OwnedReadHalf>,
+    ) -> Result<bool, Stop> {
         let ch = CommonHeader::decode(&chb);
         let o = &self.shared.options;
         let max_data = (o.max_h2c_data.max(o.in_capsule_data).max(o.admin_in_capsule_data)) as usize;
@@ -322,8 +509,10 @@ impl Queue {
         }
         match h {
             PduHeader::CapsuleCmd(sqe) => {
+                // Checked from the header alone, before the data is read or allocated.
                 if lay.data_len > self.in_capsule_limit() {
-                    let e = PduError::DataLimitExceeded { len: lay.data_len as u64, limit: self.in_capsule_limit() as u64 };
+                    let e =
+                        PduError::DataLimitExceeded { len: lay.data_len as u64, limit: self.in_capsule_limit() as u64 };
                     return Err(Stop::Fatal(e, header.to_vec()));
                 }
                 let (data, digest_ok) = if lay.data_len > 0 {
@@ -354,26 +543,25 @@ impl Queue {
         }
     }
 
+    /// Answers a command that was never admitted (before Connect, or a bad capsule).
     async fn respond(&self, cid: u16, status: Status) {
         let _ = self.tx.send(Outgoing::Response(Cqe::new(cid, status))).await;
     }
 
-    /// Counts a command as outstanding; a host that exceeds its queue size is misbehaving
-    /// and its connection ends (memory per connection stays bounded).
-    fn admit(&self, ctx: &QueueCtx) -> Result<(), Stop> {
-        let limit = usize::from(self.sqsize) + INFLIGHT_SLACK;
-        if ctx.inflight.fetch_add(1, Ordering::AcqRel) >= limit {
-            ctx.inflight.fetch_sub(1, Ordering::AcqRel);
-            return Err(Stop::Fatal(PduError::Sequence("more commands outstanding than the queue size"), Vec::new()));
-        }
-        Ok(())
+    /// Answers an admitted command without executing it; its slot goes with the answer.
+    async fn complete(&self, slot: Slot, cid: u16, status: Status) {
+        let _ = self.tx.send(Outgoing::Completion(Cqe::new(cid, status), slot)).await;
     }
 
-    /// Undoes [`Queue::admit`] for a command answered without executing it.
-    fn release(&self) {
-        if let Some(ctx) = &self.ctx {
-            ctx.inflight.fetch_sub(1, Ordering::AcqRel);
-        }
+    /// Counts a command as outstanding. A host that has more commands outstanding than its
+    /// queue has entries is misbehaving and its connection ends (memory per connection stays
+    /// bounded). A command is outstanding until its reply is on the socket, so a host that
+    /// counts its own completions never trips this.
+    fn admit(&self) -> Result<Slot, Stop> {
+        let limit = usize::from(self.sqsize).max(1);
+        self.budget
+            .try_slot(limit)
+            .ok_or(Stop::Overflow(PduError::Sequence("more commands outstanding than the queue size")))
     }
 
     fn advance_sqhd(&self) {
@@ -399,60 +587,84 @@ impl Queue {
             let _ = self.tx.send(Outgoing::Close).await;
             return Ok(true);
         }
+        let mut slot = self.admit()?;
         let sgl = sqe.dptr;
+        // No command moves more than MDTS: refused here, before any buffer (R2T, read data,
+        // the reply) is sized by the SGL length. The spec's MDTS rule: Invalid Field.
+        let mdts = self.shared.options.max_data_transfer;
+        if sgl.length > mdts {
+            TargetStats::bump(&self.shared.stats.oversized_commands);
+            debug!(peer = %self.peer, cid = sqe.cid, opcode = sqe.opcode, length = sgl.length, mdts, "SGL data length beyond MDTS");
+            self.complete(slot, sqe.cid, Status::INVALID_FIELD).await;
+            return Ok(true);
+        }
         let mut data = data;
         if sgl.length > 0 {
             match sgl.type_byte {
                 sgl_type::DATA_BLOCK_OFFSET => {
                     if sgl.address != 0 {
-                        self.respond(sqe.cid, Status::SGL_OFFSET_INVALID).await;
+                        self.complete(slot, sqe.cid, Status::SGL_OFFSET_INVALID).await;
                         return Ok(true);
                     }
                     match data.as_mut() {
                         Some(d) if d.len() >= sgl.length as usize => d.truncate(sgl.length as usize),
                         _ => {
-                            self.respond(sqe.cid, Status::DATA_SGL_LENGTH_INVALID).await;
+                            self.complete(slot, sqe.cid, Status::DATA_SGL_LENGTH_INVALID).await;
                             return Ok(true);
                         }
                     }
                 }
                 sgl_type::TRANSPORT_DATA_BLOCK => {
                     if host_to_controller(&sqe) {
-                        self.admit(&ctx)?;
-                        return self.request_data(sqe).await.map(|_| true);
+                        self.request_data(sqe, slot).await;
+                        return Ok(true);
                     }
+                    // The reply's data, reserved now (at most MDTS).
+                    slot.charge(sgl.length as usize);
                 }
                 _ => {
-                    self.respond(sqe.cid, Status::SGL_TYPE_INVALID).await;
+                    self.complete(slot, sqe.cid, Status::SGL_TYPE_INVALID).await;
                     return Ok(true);
                 }
             }
         }
-        self.admit(&ctx)?;
-        self.running.push(execute(ctx, sqe, data));
+        if let Some(d) = &data {
+            slot.charge(d.len());
+        }
+        self.running.push(execute(ctx, sqe, data, slot));
         Ok(true)
     }
 
-    /// Sends an R2T for a write whose data is not in the capsule.
-    async fn request_data(&mut self, sqe: Sqe) -> Result<(), Stop> {
-        let len = sqe.dptr.length;
-        // Beyond MDTS: Invalid Field, as for reads.
-        let refuse = if len > self.shared.options.max_data_transfer {
-            Some(Status::INVALID_FIELD)
-        } else if self.pending.contains_key(&sqe.cid) {
-            Some(Status::CID_CONFLICT)
-        } else {
-            None
-        };
-        if let Some(status) = refuse {
-            self.release();
-            self.respond(sqe.cid, status).await;
-            return Ok(());
+    /// Asks for the data of a write that is not in the capsule: an R2T now if the budget has
+    /// room (or nothing else is being transferred), otherwise once earlier transfers finish.
+    async fn request_data(&mut self, sqe: Sqe, slot: Slot) {
+        if self.pending.contains_key(&sqe.cid) || self.deferred.iter().any(|(s, _)| s.cid == sqe.cid) {
+            self.complete(slot, sqe.cid, Status::CID_CONFLICT).await;
+            return;
         }
-        self.pending.insert(sqe.cid, PendingWrite { sqe, buf: IoBuf::zeroed(len as usize), received: 0, digest_error: false });
-        let r2t = R2T { cccid: sqe.cid, ttag: sqe.cid, r2to: 0, r2tl: len };
-        let _ = self.tx.send(Outgoing::R2T(r2t)).await;
-        Ok(())
+        self.deferred.push_back((sqe, slot));
+        self.issue_r2ts().await;
+    }
+
+    /// Sends R2Ts for deferred writes while the budget allows.
+    async fn issue_r2ts(&mut self) {
+        let limit = self.shared.options.connection_budget();
+        while let Some((sqe, _)) = self.deferred.front() {
+            let len = sqe.dptr.length as usize;
+            if !self.pending.is_empty() && self.r2t_bytes + self.budget.held() + len > limit {
+                return;
+            }
+            let Some((sqe, slot)) = self.deferred.pop_front() else {
+                return;
+            };
+            // `len` was checked against MDTS at admission.
+            let deadline = Instant::now() + self.shared.options.data_timeout;
+            let pw = PendingWrite { sqe, buf: IoBuf::zeroed(len), received: 0, digest_error: false, deadline, slot };
+            self.pending.insert(sqe.cid, pw);
+            self.r2t_bytes += len;
+            let r2t = R2T { cccid: sqe.cid, ttag: sqe.cid, r2to: 0, r2tl: sqe.dptr.length };
+            let _ = self.tx.send(Outgoing::R2T(r2t)).await;
+        }
     }
 
     async fn handle_h2c_data(
@@ -469,41 +681,55 @@ impl Queue {
                 limit: u64::from(self.shared.options.max_h2c_data),
             }));
         }
+        let data_timeout = self.shared.options.data_timeout;
         let Some(p) = self.pending.get_mut(&dh.ttag) else {
-            return Err(fatal(PduError::InvalidHeaderField { offset: 10, reason: "H2CData for an unknown transfer tag" }));
+            return Err(fatal(PduError::InvalidHeaderField {
+                offset: 10,
+                reason: "H2CData for an unknown transfer tag",
+            }));
         };
         if dh.cccid != p.sqe.cid {
-            return Err(fatal(PduError::InvalidHeaderField { offset: 8, reason: "H2CData CCCID does not match the R2T" }));
+            return Err(fatal(PduError::InvalidHeaderField {
+                offset: 8,
+                reason: "H2CData CCCID does not match the R2T",
+            }));
         }
         let (off, len) = (dh.datao as usize, dh.datal as usize);
         if off != p.received {
             return Err(fatal(PduError::DataOutOfRange("H2CData offset out of sequence")));
         }
-        if off + len > p.buf.len() {
-            return Err(fatal(PduError::DataOutOfRange("H2CData beyond the requested length")));
-        }
+        let end = match off.checked_add(len) {
+            Some(end) if end <= p.buf.len() => end,
+            _ => {
+                return Err(fatal(PduError::DataOutOfRange("H2CData beyond the requested length")));
+            }
+        };
         skip(rd, lay.pad).await?;
-        rd.read_exact(&mut p.buf[off..off + len]).await?;
-        if !read_data_digest(rd, lay, &p.buf[off..off + len]).await? {
+        rd.read_exact(&mut p.buf[off..end]).await?;
+        if !read_data_digest(rd, lay, &p.buf[off..end]).await? {
             p.digest_error = true;
         }
-        p.received += len;
+        p.received = end;
+        p.deadline = Instant::now() + data_timeout;
         if p.received < p.buf.len() {
             if dh.last {
                 return Err(fatal(PduError::DataOutOfRange("LAST_PDU before all requested data")));
             }
             return Ok(());
         }
-        let Some(p) = self.pending.remove(&dh.ttag) else { return Ok(()) };
-        if p.digest_error {
-            self.release();
-            warn!(peer = %self.peer, cid = p.sqe.cid, "data digest error on H2CData");
-            self.respond(p.sqe.cid, Status::TRANSIENT_TRANSPORT_ERROR).await;
+        let Some(mut p) = self.pending.remove(&dh.ttag) else {
             return Ok(());
+        };
+        self.r2t_bytes -= p.buf.len();
+        if p.digest_error {
+            warn!(peer = %self.peer, cid = p.sqe.cid, "data digest error on H2CData");
+            self.complete(p.slot, p.sqe.cid, Status::TRANSIENT_TRANSPORT_ERROR).await;
+        } else if let Some(ctx) = self.ctx.clone() {
+            // The buffer now counts as held by an executing command.
+            p.slot.charge(p.buf.len());
+            self.running.push(execute(ctx, p.sqe, Some(p.buf), p.slot));
         }
-        if let Some(ctx) = self.ctx.clone() {
-            self.running.push(execute(ctx, p.sqe, Some(p.buf)));
-        }
+        self.issue_r2ts().await;
         Ok(())
     }
 
@@ -533,7 +759,6 @@ impl Queue {
                     qid: bound.qid,
                     sq_flow_disabled: bound.sq_flow_disabled,
                     local: self.local,
-                    inflight: self.inflight.clone(),
                 }));
                 let _ = self.tx.send(Outgoing::Response(cqe)).await;
             }
@@ -577,11 +802,13 @@ async fn read_data_digest(rd: &mut BufReader<OwnedReadHalf>, lay: &PduLayout, da
     Ok(pdu::verify_data_digest(data, dg).is_ok())
 }
 
-/// Executes a command and queues its reply.
-async fn execute(ctx: Arc<QueueCtx>, sqe: Sqe, data: Option<IoBuf>) {
-    let outcome = if ctx.is_admin() { admin::execute(&ctx, &sqe, data).await } else { io::execute(&ctx, &sqe, data).await };
+/// Executes a command and queues its reply; the command's slot travels with the reply.
+async fn execute(ctx: Arc<QueueCtx>, sqe: Sqe, data: Option<IoBuf>, slot: Slot) {
+    let outcome =
+        if ctx.is_admin() { admin::execute(&ctx, &sqe, data).await } else { io::execute(&ctx, &sqe, data).await };
     let Outcome::Reply(reply) = outcome else {
-        ctx.inflight.fetch_sub(1, Ordering::AcqRel);
+        // A parked AER is not counted: its completion may come much later, or never.
+        drop(slot);
         return;
     };
     let mut cqe = Cqe::new(sqe.cid, reply.status);
@@ -593,59 +820,77 @@ async fn execute(ctx: Arc<QueueCtx>, sqe: Sqe, data: Option<IoBuf>) {
     }
     let msg = match reply.data {
         Some(mut data) if reply.status.is_success() && sqe.dptr.length > 0 => {
-            let want = sqe.dptr.length as usize;
-            if data.len() != want {
+            // The SGL length was checked against MDTS at admission (and reserved in the slot).
+            let want = (sqe.dptr.length as usize).min(ctx.shared.options.max_data_transfer as usize);
+            if data.len() > want {
+                data.truncate(want);
+            } else if data.len() < want {
                 let mut sized = IoBuf::zeroed(want);
-                let n = want.min(data.len());
-                sized[..n].copy_from_slice(&data[..n]);
+                sized[..data.len()].copy_from_slice(&data);
                 data = sized;
             }
-            Outgoing::Data { cid: sqe.cid, data, response: if ctx.sq_flow_disabled { None } else { Some(cqe) } }
+            let response = if ctx.sq_flow_disabled { None } else { Some(cqe) };
+            Outgoing::Data { cid: sqe.cid, data, response, slot }
         }
-        _ => Outgoing::Response(cqe),
+        _ => Outgoing::Completion(cqe, slot),
     };
-    // Counted until the reply is queued: a host that stops reading holds at most its queue
-    // size of commands (and their buffers) here.
+    // The slot stays counted until the writer has put the reply on the socket: a host that
+    // stops reading holds at most its queue size of commands, and its budget of data.
     let _ = ctx.tx.send(msg).await;
-    ctx.inflight.fetch_sub(1, Ordering::AcqRel);
 }
 
-/// Sends everything queued for a connection, batching small PDUs into one write.
-async fn write_loop(
-    mut wr: OwnedWriteHalf,
-    mut rx: mpsc::Receiver<Outgoing>,
-    digests: Digests,
-    sqid: Arc<AtomicU16>,
-    sqhd: Arc<AtomicU16>,
-    max_c2h: usize,
-    inflight: Arc<AtomicUsize>,
-) {
-    let mut w = PduWriter { buf: Vec::with_capacity(BATCH_LIMIT), digests, sqid, sqhd, max_c2h: max_c2h.max(4096) };
-    while let Some(first) = rx.recv().await {
-        let mut close = match w.emit(&mut wr, first).await {
-            Ok(c) => c,
-            Err(_) => return,
-        };
-        // (The command whose reply this is may still be counted: more than one means others.)
-        if rx.is_empty() && inflight.load(Ordering::Acquire) > 1 {
-            // Other commands of this queue are still executing (on the reader's task): let
-            // those already runnable finish and queue their replies, so that one send carries many
-            // (fewer system calls per I/O under load). With nothing else in flight (queue
-            // depth 1) the reply goes out at once.
-            tokio::task::yield_now().await;
+/// What the writer needs besides the socket: the budget (to tell whether more replies are
+/// coming), the stats, and the connection's close signal (raised when the writer gives up).
+struct WriterCtx {
+    budget: Arc<Budget>,
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    closer: watch::Sender<bool>,
+}
+
+/// Sends everything queued for a connection, batching small PDUs into one write. A write
+/// that makes no progress for the drain timeout (the host does not read) ends the
+/// connection.
+async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>, mut w: PduWriter, cx: WriterCtx) {
+    let result = async {
+        while let Some(first) = rx.recv().await {
+            let mut close = w.emit(&mut wr, first).await?;
+            if rx.is_empty() && cx.budget.inflight() > 0 {
+                // Other commands of this queue are still executing (on the reader's task): let
+                // those already runnable finish and queue their replies, so that one send carries
+                // many (fewer system calls per I/O under load). With nothing else in flight
+                // (queue depth 1) the reply goes out at once.
+                tokio::task::yield_now().await;
+            }
+            while !close && w.buf.len() < BATCH_LIMIT {
+                let Ok(next) = rx.try_recv() else { break };
+                close = w.emit(&mut wr, next).await?;
+            }
+            w.flush(&mut wr).await?;
+            if close {
+                break;
+            }
+            if w.buf.capacity() > BATCH_LIMIT * 2 {
+                // An idle connection does not keep a large batch buffer.
+                w.buf = Vec::new();
+            }
         }
-        while !close && w.buf.len() < BATCH_LIMIT {
-            let Ok(next) = rx.try_recv() else { break };
-            close = match w.emit(&mut wr, next).await {
-                Ok(c) => c,
-                Err(_) => return,
-            };
-        }
-        if w.flush(&mut wr).await.is_err() || close {
-            let _ = wr.shutdown().await;
-            return;
-        }
+        Ok::<(), std::io::Error>(())
     }
+    .await;
+    match result {
+        Ok(()) => {
+            let _ = tokio::time::timeout(w.drain_timeout, wr.shutdown()).await;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+            warn!(peer = %cx.peer, timeout = ?w.drain_timeout, held = cx.budget.held(), inflight = cx.budget.inflight(),
+                  "the host does not read its socket; closing the connection");
+            TargetStats::bump(&cx.shared.stats.drain_timeouts);
+        }
+        Err(e) => debug!(peer = %cx.peer, error = %e, "write failed"),
+    }
+    // Whatever ended the writer ends the connection (its reader may be waiting on it).
+    let _ = cx.closer.send(true);
 }
 
 struct PduWriter {
@@ -654,12 +899,31 @@ struct PduWriter {
     sqid: Arc<AtomicU16>,
     sqhd: Arc<AtomicU16>,
     max_c2h: usize,
+    drain_timeout: Duration,
+}
+
+/// Writes all of `bytes`, failing with `TimedOut` if the socket takes none of them for
+/// `limit` (the peer does not read).
+async fn write_all_within(wr: &mut OwnedWriteHalf, mut bytes: &[u8], limit: Duration) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        let n = match tokio::time::timeout(limit, wr.write(bytes)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "socket write made no progress"));
+            }
+        };
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        bytes = &bytes[n..];
+    }
+    Ok(())
 }
 
 impl PduWriter {
     async fn flush(&mut self, wr: &mut OwnedWriteHalf) -> std::io::Result<()> {
         if !self.buf.is_empty() {
-            wr.write_all(&self.buf).await?;
+            write_all_within(wr, &self.buf, self.drain_timeout).await?;
             self.buf.clear();
         }
         Ok(())
@@ -671,12 +935,17 @@ impl PduWriter {
         pdu::encode_header(&PduHeader::CapsuleResp(cqe), 0, self.digests, &mut self.buf);
     }
 
-    /// Encodes one message; returns whether the connection should close afterwards.
+    /// Encodes one message; returns whether the connection should close afterwards. A
+    /// command's slot is given back once its reply is encoded (or written).
     async fn emit(&mut self, wr: &mut OwnedWriteHalf, msg: Outgoing) -> std::io::Result<bool> {
         match msg {
             Outgoing::Response(cqe) => self.response(cqe),
+            Outgoing::Completion(cqe, slot) => {
+                self.response(cqe);
+                drop(slot);
+            }
             Outgoing::R2T(r) => pdu::encode_header(&PduHeader::R2T(r), 0, self.digests, &mut self.buf),
-            Outgoing::Data { cid, data, response } => {
+            Outgoing::Data { cid, data, response, slot } => {
                 let total = data.len();
                 let mut off = 0;
                 while off < total {
@@ -697,7 +966,7 @@ impl PduWriter {
                         self.buf.extend_from_slice(chunk);
                     } else {
                         self.flush(wr).await?;
-                        wr.write_all(chunk).await?;
+                        write_all_within(wr, chunk, self.drain_timeout).await?;
                     }
                     if pdu::data_digest_applies(&h, n, self.digests) {
                         self.buf.extend_from_slice(&ferrite_protocol::digest::digest_bytes(chunk));
@@ -707,14 +976,64 @@ impl PduWriter {
                 if let Some(cqe) = response {
                     self.response(cqe);
                 }
+                drop(data);
+                drop(slot);
             }
             Outgoing::Term { fes, fei, header } => {
                 let n = header.len().min(pdu::TERM_REQ_MAX_DATA);
-                pdu::encode_pdu(&PduHeader::C2HTermReq(TermReq { fes, fei }), &header[..n], self.digests, &mut self.buf);
+                pdu::encode_pdu(
+                    &PduHeader::C2HTermReq(TermReq { fes, fei }),
+                    &header[..n],
+                    self.digests,
+                    &mut self.buf,
+                );
                 return Ok(true);
             }
             Outgoing::Close => return Ok(true),
         }
         Ok(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_limited_and_given_back_with_their_bytes() {
+        let b = Arc::new(Budget::default());
+        let mut s1 = b.try_slot(2).expect("first");
+        s1.charge(4096);
+        let mut s2 = b.try_slot(2).expect("second");
+        s2.charge(100);
+        s2.charge(28);
+        assert!(b.try_slot(2).is_none(), "a third command exceeds two entries");
+        assert_eq!((b.inflight(), b.held()), (2, 4096 + 128));
+        drop(s1);
+        assert_eq!((b.inflight(), b.held()), (1, 128));
+        let s3 = b.try_slot(2).expect("room again");
+        drop(s2);
+        drop(s3);
+        assert_eq!((b.inflight(), b.held()), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_freed_slot_wakes_a_waiter_even_if_freed_before_the_wait() {
+        let b = Arc::new(Budget::default());
+        let mut s = b.try_slot(1).expect("slot");
+        s.charge(10);
+        drop(s);
+        // The permit left by the release is not lost.
+        tokio::time::timeout(Duration::from_secs(1), b.freed.notified()).await.expect("woken");
+    }
+
+    #[test]
+    fn only_writes_and_their_fabrics_kin_move_data_to_the_controller() {
+        let cmd = |opcode, nsid| Sqe { opcode, nsid, ..Default::default() };
+        assert!(host_to_controller(&cmd(ferrite_protocol::command::io_opcode::WRITE, 1)));
+        assert!(!host_to_controller(&cmd(ferrite_protocol::command::io_opcode::READ, 1)));
+        assert!(!host_to_controller(&cmd(admin_opcode::IDENTIFY, 0)));
+        assert!(host_to_controller(&cmd(admin_opcode::FABRICS, u32::from(fctype::CONNECT))));
+        assert!(!host_to_controller(&cmd(admin_opcode::FABRICS, u32::from(fctype::PROPERTY_GET))));
     }
 }

@@ -6,6 +6,14 @@
 //! (`connection`), binds the queue to a controller (`controller`), and executes admin
 //! (`admin`), fabrics (`fabrics`) and I/O (`io`) commands. It reaches storage only through
 //! the `BlockDevice` trait.
+//!
+//! Every listener is reachable by hostile peers, so (limits in [`TargetOptions`], counters in
+//! [`stats::TargetStats`], see the crate README): lengths from the wire are checked against
+//! MDTS and the negotiated limits before anything is allocated; a queue never has more
+//! commands outstanding than its SQSIZE allows; each connection has a memory budget (over it
+//! the target stops reading from that host, and a host that does not drain its socket is
+//! disconnected); every wait on a peer has a timeout; connections are limited in total and
+//! per peer address.
 
 mod admin;
 mod connection;

@@ -1,8 +1,9 @@
-//! The target: the registry of subsystems and listeners, and the management API the node
-//! agent uses to export and withdraw namespaces at run time.
+//! The target: the registry of subsystems and listeners, the management API the node
+//! agent uses to export and withdraw namespaces at run time, and admission of connections
+//! (limits in total and per peer address, enforced at accept).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -16,6 +17,7 @@ use crate::connection;
 use crate::controller::Controller;
 use crate::error::TargetError;
 use crate::options::TargetOptions;
+use crate::stats::{TargetStats, TargetStatsSnapshot};
 use crate::subsystem::{HostAccess, NamespaceConfig, Subsystem, SubsystemConfig};
 
 /// Resolves once a shutdown/close signal is raised (or its sender is gone).
@@ -32,7 +34,29 @@ pub(crate) struct Shared {
     discovery_cntlid: AtomicU64,
     shutdown: watch::Sender<bool>,
     active_connections: AtomicUsize,
+    /// Open connections per peer address (entries removed when they reach zero).
+    per_address: Mutex<HashMap<IpAddr, usize>>,
     idle: Notify,
+    pub stats: TargetStats,
+}
+
+/// Why a connection was refused at accept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    TotalLimit(usize),
+    AddressLimit(usize),
+}
+
+/// A connection's place in the limits; given back when dropped.
+pub(crate) struct ConnectionPermit {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        self.shared.connection_ended(self.ip);
+    }
 }
 
 impl Shared {
@@ -69,11 +93,40 @@ impl Shared {
         self.shutdown.subscribe()
     }
 
-    pub fn connection_started(&self) {
+    /// Admits a new connection from `peer` if neither the total nor the per-address limit is
+    /// reached.
+    pub fn admit_connection(self: &Arc<Self>, peer: SocketAddr) -> Result<ConnectionPermit, Refusal> {
+        let ip = peer.ip();
+        let o = &self.options;
+        // The per-address table's lock also orders the total count's check and increment.
+        let mut table = self.per_address.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self.active_connections.load(Ordering::Acquire) >= o.max_connections {
+            TargetStats::bump(&self.stats.refused_total_limit);
+            return Err(Refusal::TotalLimit(o.max_connections));
+        }
+        let n = table.entry(ip).or_insert(0);
+        if *n >= o.max_connections_per_address {
+            TargetStats::bump(&self.stats.refused_address_limit);
+            return Err(Refusal::AddressLimit(o.max_connections_per_address));
+        }
+        *n += 1;
         self.active_connections.fetch_add(1, Ordering::AcqRel);
+        self.stats.connections_active.fetch_add(1, Ordering::Relaxed);
+        TargetStats::bump(&self.stats.connections_accepted);
+        Ok(ConnectionPermit { shared: self.clone(), ip })
     }
 
-    pub fn connection_ended(&self) {
+    fn connection_ended(&self, ip: IpAddr) {
+        {
+            let mut table = self.per_address.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(n) = table.get_mut(&ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    table.remove(&ip);
+                }
+            }
+        }
+        self.stats.connections_active.fetch_sub(1, Ordering::Relaxed);
         if self.active_connections.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.idle.notify_waiters();
         }
@@ -115,7 +168,9 @@ impl Target {
                 discovery_cntlid: AtomicU64::new(0),
                 shutdown,
                 active_connections: AtomicUsize::new(0),
+                per_address: Mutex::new(HashMap::new()),
                 idle: Notify::new(),
+                stats: TargetStats::default(),
             }),
         })
     }
@@ -136,7 +191,8 @@ impl Target {
                 nqn::validate(h)?;
             }
         }
-        let sub = Subsystem::new(&cfg).map_err(|reason| TargetError::InvalidNamespace { nqn: cfg.nqn.clone(), reason })?;
+        let sub =
+            Subsystem::new(&cfg).map_err(|reason| TargetError::InvalidNamespace { nqn: cfg.nqn.clone(), reason })?;
         {
             let mut map = self.shared.subsystems.write().map_err(|_| TargetError::SubsystemExists(cfg.nqn.clone()))?;
             if map.contains_key(&cfg.nqn) {
@@ -247,6 +303,11 @@ impl Target {
         out
     }
 
+    /// Target-wide connection counters (limits, timeouts, refusals).
+    pub fn stats(&self) -> TargetStatsSnapshot {
+        self.shared.stats.snapshot()
+    }
+
     /// Number of live controllers of a subsystem.
     pub fn controller_count(&self, nqn: &str) -> usize {
         self.shared.subsystem(nqn).map(|s| s.controllers().len()).unwrap_or(0)
@@ -267,14 +328,26 @@ impl Target {
             loop {
                 tokio::select! {
                     r = listener.accept() => match r {
-                        Ok((stream, peer)) => {
-                            shared.connection_started();
-                            let s = shared.clone();
-                            tokio::spawn(async move {
-                                connection::serve(stream, peer, s.clone()).await;
-                                s.connection_ended();
-                            });
-                        }
+                        Ok((stream, peer)) => match shared.admit_connection(peer) {
+                            Ok(permit) => {
+                                let s = shared.clone();
+                                tokio::spawn(async move {
+                                    connection::serve(stream, peer, s).await;
+                                    drop(permit);
+                                });
+                            }
+                            Err(refusal) => {
+                                match refusal {
+                                    Refusal::TotalLimit(limit) => {
+                                        warn!(%peer, limit, "refusing connection: total connection limit reached")
+                                    }
+                                    Refusal::AddressLimit(limit) => {
+                                        warn!(%peer, limit, "refusing connection: limit of connections from this address reached")
+                                    }
+                                }
+                                drop(stream);
+                            }
+                        },
                         Err(e) => {
                             warn!(%bound, error = %e, "accept failed");
                             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -317,5 +390,34 @@ impl Target {
             warn!("connections still open after 5 s at shutdown");
         }
         info!("target stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(ip: [u8; 4], port: u16) -> SocketAddr {
+        SocketAddr::from((ip, port))
+    }
+
+    #[test]
+    fn connection_limits_per_address_and_in_total() {
+        let t = Target::new(TargetOptions { max_connections: 3, max_connections_per_address: 2, ..Default::default() });
+        let s = &t.shared;
+        let a1 = s.admit_connection(peer([10, 0, 0, 1], 1)).expect("first from a");
+        let a2 = s.admit_connection(peer([10, 0, 0, 1], 2)).expect("second from a");
+        assert_eq!(s.admit_connection(peer([10, 0, 0, 1], 3)).err(), Some(Refusal::AddressLimit(2)));
+        let b1 = s.admit_connection(peer([10, 0, 0, 2], 1)).expect("first from b");
+        assert_eq!(s.admit_connection(peer([10, 0, 0, 3], 1)).err(), Some(Refusal::TotalLimit(3)));
+        drop(a1);
+        let a3 = s.admit_connection(peer([10, 0, 0, 1], 4)).expect("a has room again");
+        let st = t.stats();
+        assert_eq!((st.connections_active, st.connections_accepted), (3, 4));
+        assert_eq!((st.refused_address_limit, st.refused_total_limit), (1, 1));
+        drop((a2, a3, b1));
+        assert_eq!(t.stats().connections_active, 0);
+        assert!(s.per_address.lock().map(|m| m.is_empty()).unwrap_or(false), "no entries left behind");
+        assert_eq!(s.active_connections.load(Ordering::Acquire), 0);
     }
 }

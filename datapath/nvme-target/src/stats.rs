@@ -1,5 +1,7 @@
-//! Per-namespace I/O statistics: operation and byte counters and latency histograms, kept
-//! with relaxed atomics on the I/O path and read as snapshots by the node agent's metrics.
+//! Statistics kept with relaxed atomics on the I/O path and read as snapshots by the node
+//! agent's metrics: per-namespace operation and byte counters and latency histograms, and
+//! target-wide connection counters (connections served, and peers refused or disconnected
+//! by the resource limits and timeouts of [`crate::TargetOptions`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -86,6 +88,77 @@ impl NamespaceStats {
             errors: l(&self.errors),
             read_latency: self.read_latency.snapshot(),
             write_latency: self.write_latency.snapshot(),
+        }
+    }
+}
+
+/// Target-wide connection counters. Every refusal and forced disconnect is also logged.
+#[derive(Default)]
+pub struct TargetStats {
+    /// Connections open now.
+    pub connections_active: AtomicU64,
+    /// Connections accepted and served since start.
+    pub connections_accepted: AtomicU64,
+    /// Connections closed at accept: the total limit was reached.
+    pub refused_total_limit: AtomicU64,
+    /// Connections closed at accept: the peer address's limit was reached.
+    pub refused_address_limit: AtomicU64,
+    /// Connections closed for not sending ICReq in time.
+    pub ic_timeouts: AtomicU64,
+    /// Connections closed for not completing a Connect in time.
+    pub connect_timeouts: AtomicU64,
+    /// Connections closed for not sending R2T data (or the rest of a PDU) in time.
+    pub data_timeouts: AtomicU64,
+    /// Connections closed because the host did not read its socket (writes made no progress
+    /// for the drain timeout).
+    pub drain_timeouts: AtomicU64,
+    /// Connections terminated for having more commands outstanding than their queue size.
+    pub queue_overflows: AtomicU64,
+    /// Commands refused because a length from the wire exceeded the limits (MDTS).
+    pub oversized_commands: AtomicU64,
+    /// Connections terminated with a C2HTermReq for another protocol error (malformed PDUs).
+    pub protocol_errors: AtomicU64,
+    /// Times a connection's reader paused because its memory budget was used up.
+    pub budget_stalls: AtomicU64,
+}
+
+/// A point-in-time copy of [`TargetStats`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TargetStatsSnapshot {
+    pub connections_active: u64,
+    pub connections_accepted: u64,
+    pub refused_total_limit: u64,
+    pub refused_address_limit: u64,
+    pub ic_timeouts: u64,
+    pub connect_timeouts: u64,
+    pub data_timeouts: u64,
+    pub drain_timeouts: u64,
+    pub queue_overflows: u64,
+    pub oversized_commands: u64,
+    pub protocol_errors: u64,
+    pub budget_stalls: u64,
+}
+
+impl TargetStats {
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> TargetStatsSnapshot {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        TargetStatsSnapshot {
+            connections_active: l(&self.connections_active),
+            connections_accepted: l(&self.connections_accepted),
+            refused_total_limit: l(&self.refused_total_limit),
+            refused_address_limit: l(&self.refused_address_limit),
+            ic_timeouts: l(&self.ic_timeouts),
+            connect_timeouts: l(&self.connect_timeouts),
+            data_timeouts: l(&self.data_timeouts),
+            drain_timeouts: l(&self.drain_timeouts),
+            queue_overflows: l(&self.queue_overflows),
+            oversized_commands: l(&self.oversized_commands),
+            protocol_errors: l(&self.protocol_errors),
+            budget_stalls: l(&self.budget_stalls),
         }
     }
 }

@@ -61,7 +61,7 @@ impl Raw {
     /// Receives one PDU, or None if the target closed the connection.
     async fn recv(&mut self) -> Option<(PduHeader, Vec<u8>)> {
         loop {
-            let digests = self.digests.map(|d| d);
+            let digests = self.digests;
             // C2HTermReq carries no digests; ICResp comes before negotiation.
             let attempt = decode_pdu(&self.buf, digests, 1 << 20);
             if let Ok(Some((p, used))) = attempt {
