@@ -13,6 +13,7 @@
 //! The `.proto` files are compiled at build time by protox (no `protoc` needed).
 
 pub mod context;
+pub mod tls;
 
 /// Ferrite's node API (`proto/ferrite/node/v1/node.proto`): the operator drives each node's
 /// datapath through it.

@@ -1,6 +1,6 @@
 //! [`ApiNode`]: a `ferrite-datapath` process driven through its gRPC node API, as the
 //! operator drives it: node name from a one-line config, NVMe/TCP on `IP:4420`, the node API
-//! on `IP:9500`, HTTP (`/metrics`, `/v1/status`) on `IP:9420`, state in `DIR/NAME-state`, log
+//! on `IP:9500` with mutual TLS ([`crate::tls`]), HTTP (`/metrics`, `/v1/status`) on `IP:9420`, state in `DIR/NAME-state`, log
 //! in `DIR/NAME.log`. Each test gives its nodes their own 127.0.x.y addresses.
 
 use std::path::{Path, PathBuf};
@@ -45,6 +45,8 @@ impl ApiNode {
             .arg(&config)
             .args(["--listen", &format!("{}:4420", self.ip)])
             .args(["--grpc", &format!("{}:9500", self.ip)])
+            .arg("--grpc-tls-dir")
+            .arg(crate::tls::pki_dir())
             .args(["--http", &format!("{}:9420", self.ip)])
             .arg("--state-dir")
             .arg(self.dir.join(format!("{}-state", self.name)))
@@ -67,7 +69,12 @@ impl ApiNode {
 
     /// The node API URL (a FerriteNode's `spec.apiEndpoint`).
     pub fn url(&self) -> String {
-        format!("http://{}:9500", self.ip)
+        format!("https://{}:9500", self.ip)
+    }
+
+    /// Compares the replicas of a volume this node serves (node API `CompareVolume`).
+    pub async fn compare(&self, volume: &str) -> pb::CompareVolumeResponse {
+        crate::tls::compare(&self.url(), volume).await.unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// The HTTP endpoint address (`/metrics`, `/v1/status`, compare).
@@ -96,12 +103,13 @@ impl ApiNode {
     }
 }
 
-/// A client of the node API at `url` (`http://IP:PORT`), waiting up to 30 s for it to listen.
+/// A client of the node API at `url` (`https://IP:PORT` with the test CA's client
+/// certificate, or `http://`), waiting up to 30 s for it to listen.
 pub async fn node_api_client(url: &str) -> NodeClient<Channel> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        match NodeClient::connect(url.to_string()).await {
-            Ok(c) => return c,
+        match crate::tls::channel(url).await {
+            Ok(c) => return NodeClient::new(c),
             Err(e) if Instant::now() > deadline => panic!("node API at {url} not up: {e}"),
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }

@@ -1,6 +1,7 @@
 //! Several `ferrite-datapath` nodes on one machine: each with its own loopback address (or
 //! network namespace), its own disks (sparse files) and config file, started, killed with
-//! SIGKILL, restarted and reconfigured (SIGHUP) by tests; status read over HTTP.
+//! SIGKILL, restarted and reconfigured (SIGHUP) by tests; status read over HTTP, the node
+//! API (replica comparison, objects created by tests) over mutual TLS ([`crate::tls`]).
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
@@ -13,6 +14,8 @@ use crate::datapath::Datapath;
 pub const NVME_PORT: u16 = 4420;
 /// HTTP status port by default.
 pub const HTTP_PORT: u16 = 9420;
+/// Node API (gRPC) port by default.
+pub const GRPC_PORT: u16 = 9500;
 
 /// One node of a test cluster.
 pub struct Node {
@@ -20,6 +23,7 @@ pub struct Node {
     pub ip: IpAddr,
     pub nvme_port: u16,
     pub http_port: u16,
+    pub grpc_port: u16,
     pub dir: PathBuf,
     /// Prefix for running the datapath (e.g. `ip netns exec NS`).
     pub wrapper: Vec<String>,
@@ -29,7 +33,16 @@ pub struct Node {
 impl Node {
     /// A node named `name` at `ip`, keeping its files under `dir`.
     pub fn new(name: &str, ip: IpAddr, dir: PathBuf) -> Node {
-        Node { name: name.into(), ip, nvme_port: NVME_PORT, http_port: HTTP_PORT, dir, wrapper: Vec::new(), dp: None }
+        Node {
+            name: name.into(),
+            ip,
+            nvme_port: NVME_PORT,
+            http_port: HTTP_PORT,
+            grpc_port: GRPC_PORT,
+            dir,
+            wrapper: Vec::new(),
+            dp: None,
+        }
     }
 
     pub fn nvme_addr(&self) -> SocketAddr {
@@ -54,14 +67,28 @@ impl Node {
         format!("file:{}:{size}", self.dir.join(format!("{}-disk{i}.img", self.name)).display())
     }
 
+    /// The node API URL (mutual TLS).
+    pub fn api_url(&self) -> String {
+        format!("https://{}", SocketAddr::new(self.ip, self.grpc_port))
+    }
+
+    /// Compares a volume's replicas on this node (node API `CompareVolume`).
+    pub async fn compare(&self, volume: &str) -> Result<ferrite_api::node::v1::CompareVolumeResponse, String> {
+        crate::tls::compare(&self.api_url(), volume).await
+    }
+
     /// Writes the node's config file. `body` holds pools/replicas/volumes; node identity,
-    /// listener and HTTP endpoint are added here.
+    /// listener, HTTP endpoint and the node API (mutual TLS, state in `DIR/NAME-state`) are
+    /// added here.
     pub fn write_config(&self, body: &str) -> Result<(), String> {
         let text = format!(
-            "node: {{name: {}}}\nlisten: [\"{}\"]\nhttp: {}\n{body}",
+            "node: {{name: {}}}\nlisten: [\"{}\"]\nhttp: {}\ngrpc: \"{}\"\ngrpc_tls_dir: \"{}\"\nstate_dir: \"{}\"\n{body}",
             self.name,
             self.nvme_addr(),
-            self.http_addr()
+            self.http_addr(),
+            SocketAddr::new(self.ip, self.grpc_port),
+            crate::tls::pki_dir().display(),
+            self.dir.join(format!("{}-state", self.name)).display(),
         );
         std::fs::create_dir_all(&self.dir).map_err(|e| e.to_string())?;
         std::fs::write(self.config_path(), text).map_err(|e| format!("writing {}: {e}", self.config_path().display()))

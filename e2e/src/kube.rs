@@ -263,13 +263,16 @@ pub struct OperatorProcess {
 
 impl OperatorProcess {
     /// Starts the operator against `bed` with `--identity op-N`, a 1 s resync, the Lease in
-    /// `default`, and `extra` arguments; logs to `DIR/operator-N.log`.
+    /// `default`, the test CA's node API client certificate ([`crate::tls::pki_dir`]) and
+    /// `extra` arguments; logs to `DIR/operator-N.log`.
     pub fn start(bed: &KubeBed, bin: &Path, n: u32, extra: &[String]) -> Result<OperatorProcess, String> {
         let log = std::fs::File::create(bed.dir().join(format!("operator-{n}.log")))
             .map_err(|e| format!("operator log: {e}"))?;
         let child = Command::new(bin)
             .args(["--resync-secs", "1", "--lease-namespace", "default", "--identity"])
             .arg(format!("op-{n}"))
+            .arg("--node-tls-dir")
+            .arg(crate::tls::pki_dir())
             .args(extra)
             .env("KUBECONFIG", bed.kubeconfig())
             .env("RUST_LOG", "info,ferrite_operator=debug,kube=warn")

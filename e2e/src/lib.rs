@@ -10,6 +10,7 @@ pub mod helm;
 pub mod kube;
 pub mod qemu;
 pub mod sidecars;
+pub mod tls;
 pub mod workload;
 
 use std::path::PathBuf;

@@ -38,6 +38,10 @@ const NODE_SA: &str = "system:serviceaccount:ferrite-system:ferrite-node";
 /// external-provisioner v3, external-attacher v4 and external-resizer v1 (with
 /// `--handle-volume-inuse-error=false`, so no pods).
 const OPERATOR_NEEDS: &[(&str, &str, &str, &str)] = &[
+    // ferrite-operator: the node API certificates (read by name only: OPERATOR_DENIED has
+    // get and list of secrets in general)
+    ("create", "secrets", "", NAMESPACE),
+    ("get", "secrets/ferrite-node-api-tls", "", NAMESPACE),
     // ferrite-operator: its resources
     ("get", "ferritenodes.ferrite.dev", "", ""),
     ("list", "ferritenodes.ferrite.dev", "", ""),
@@ -175,6 +179,7 @@ const COVERED_API_TYPES: &[&str] = &[
     "PersistentVolume",
     "PersistentVolumeClaim",
     "VolumeAttachment",
+    "Secret",
     "DynamicObject",
 ];
 
@@ -633,15 +638,25 @@ fn datapath_starts_with_the_daemonset_arguments() {
     let args: Vec<String> = helm::container_args(ds, "datapath")
         .into_iter()
         .map(|a| {
-            a.replace("$(NODE_IP)", "127.0.0.1").replace(
-                "--config=/run/ferrite/datapath.yaml",
-                &format!("--config={}", config.display()),
-            )
+            // The node API's TLS Secret mount holds what the test PKI folder holds.
+            a.replace("$(NODE_IP)", "127.0.0.1")
+                .replace(
+                    "--config=/run/ferrite/datapath.yaml",
+                    &format!("--config={}", config.display()),
+                )
+                .replace(
+                    "--grpc-tls-dir=/etc/ferrite/node-api-tls",
+                    &format!("--grpc-tls-dir={}", ferrite_e2e::tls::pki_dir().display()),
+                )
         })
         .collect();
     assert!(
         args.contains(&format!("--state-dir={}/datapath", state.display())),
         "{args:?}"
+    );
+    assert!(
+        args.iter().any(|a| a.starts_with("--grpc-tls-dir=")),
+        "the node API runs with mutual TLS by default: {args:?}"
     );
     let bin = helm::build_binary("ferrite-datapath", "ferrite-datapath")
         .unwrap_or_else(|e| panic!("{e}"));

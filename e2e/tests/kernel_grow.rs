@@ -8,7 +8,6 @@
 //! over the new size.
 
 use std::io::Read;
-use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -46,17 +45,14 @@ async fn kernel_initiator_sees_a_mirrored_volume_grow_online() {
     let mut a = Node::new("a", "127.0.0.1".parse().expect("ip"), dir.path().to_path_buf());
     a.nvme_port = free_port().expect("port");
     a.http_port = free_port().expect("port");
-    let a_grpc: SocketAddr = ([127, 0, 0, 1], free_port().expect("port")).into();
+    a.grpc_port = free_port().expect("port");
     let mut b = Node::new("b", "127.0.22.2".parse().expect("ip"), dir.path().to_path_buf());
-    let b_grpc: SocketAddr = ([127, 0, 22, 2], 9500).into();
-    for (n, grpc) in [(&a, a_grpc), (&b, b_grpc)] {
-        let state = dir.path().join(format!("{}-state", n.name));
-        n.write_config(&format!("grpc: \"{grpc}\"\nstate_dir: \"{}\"\n", state.display())).expect("config");
+    for n in [&a, &b] {
+        n.write_config("").expect("config");
     }
     a.start().expect("start a");
     b.start().expect("start b");
-    let (mut ca, mut cb) =
-        (node_api_client(&format!("http://{a_grpc}")).await, node_api_client(&format!("http://{b_grpc}")).await);
+    let (mut ca, mut cb) = (node_api_client(&a.api_url()).await, node_api_client(&b.api_url()).await);
 
     ca.create_pool(pool("pa", a.disk(0, "512MiB"))).await.expect("pool a");
     cb.create_pool(pool("pb", b.disk(0, "512MiB"))).await.expect("pool b");
@@ -135,11 +131,9 @@ async fn kernel_initiator_sees_a_mirrored_volume_grow_online() {
     assert!(console.contains("FERRITE-GROW: WROTE"), "the guest did not use the new space");
     assert!(status.0.success() && console.contains("FERRITE-GUEST-RESULT: PASS"), "the guest script failed");
 
-    let (code, body) = a.get(&format!("/v1/volumes/{VOLUME}/compare")).expect("compare");
-    assert_eq!(code, 200, "{body}");
-    let report: serde_json::Value = serde_json::from_str(&body).expect("compare JSON");
-    assert_eq!(report["identical"], true, "{report}");
-    assert_eq!(report["pairs"][0]["bytes_compared"], NEW_SIZE, "{report}");
+    let report = a.compare(VOLUME).await.expect("compare");
+    assert!(report.identical, "{report:?}");
+    assert_eq!(report.pairs[0].bytes_compared, NEW_SIZE, "{report:?}");
     drop((ca, cb));
     assert_eq!(a.stop().expect("stop a"), 0);
     assert_eq!(b.stop().expect("stop b"), 0);

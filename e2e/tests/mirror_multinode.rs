@@ -126,12 +126,10 @@ fn assert_partial_bound(rb: &serde_json::Value, report: &workload::Report, fault
     println!("partial rebuild copied {copied} bytes (at most {} regions were written since the last flush before the fault)", bound / REGION);
 }
 
-fn assert_identical(a: &Node) {
+async fn assert_identical(a: &Node) {
     let t = Instant::now();
-    let (code, body) = a.get(&format!("/v1/volumes/{VOLUME}/compare")).expect("compare");
-    assert_eq!(code, 200, "{body}");
-    let v: serde_json::Value = serde_json::from_str(&body).expect("compare JSON");
-    assert_eq!(v["identical"], true, "replicas differ: {body}");
+    let report = a.compare(VOLUME).await.expect("compare");
+    assert!(report.identical, "replicas differ: {report:?}");
     println!("compare: identical in {:?}", t.elapsed());
 }
 
@@ -170,7 +168,7 @@ async fn expect_partial_recovery(k: &mut Cluster, w: Workload, fault_at: Instant
     assert_partial_bound(rb, &report, fault_at);
 
     final_verify(&ctrl, &report).await;
-    assert_identical(&k.a);
+    assert_identical(&k.a).await;
     let _ = ctrl.disconnect().await;
     assert_eq!(k.a.stop().unwrap(), 0);
     assert_eq!(k.b.stop().unwrap(), 0);
@@ -242,7 +240,7 @@ async fn replica_replaced_by_a_new_one_gets_a_full_rebuild() {
     println!("full rebuild copied {} bytes", rc["bytes_copied"]);
 
     final_verify(&ctrl, &report).await;
-    assert_identical(&k.a);
+    assert_identical(&k.a).await;
     let _ = ctrl.disconnect().await;
     assert_eq!(k.a.stop().unwrap(), 0);
     assert_eq!(k.c.stop().unwrap(), 0);

@@ -251,12 +251,9 @@ async fn operator_flow_with_real_datapaths() {
     assert!(nsp.read(64, 16).await.expect("read")[..] == pattern(2)[..], "old data intact");
     let uid = jsonpath(&bed, "volume", "pvc-flow", "{.metadata.uid}");
     let target_ip = if target == "a" { "127.0.35.1" } else { "127.0.35.2" };
-    let (code, body) = ferrite_e2e::cluster::http_get(format!("{target_ip}:9420").parse().expect("addr"), &format!("/v1/volumes/{uid}/compare"))
-        .expect("compare");
-    assert_eq!(code, 200, "{body}");
-    let report: serde_json::Value = serde_json::from_str(&body).expect("compare JSON");
-    assert_eq!(report["identical"], true, "{report}");
-    assert_eq!(report["pairs"][0]["bytes_compared"], 96u64 << 20, "{report}");
+    let report = ferrite_e2e::tls::compare(&format!("https://{target_ip}:9500"), &uid).await.expect("compare");
+    assert!(report.identical, "{report:?}");
+    assert_eq!(report.pairs[0].bytes_compared, 96u64 << 20, "{report:?}");
     drop(nsp);
     drop(ctrl);
 

@@ -12,12 +12,12 @@
 //! and gRPC code. Fails when the bed is not prepared.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use ferrite_e2e::api_node::ApiNode;
-use ferrite_e2e::kube::KubeBed;
+use ferrite_e2e::kube::{KubeBed, OperatorProcess};
 
 /// Builds (or finds) the operator and datapath binaries and starts a bed with the CRDs.
 fn setup() -> (KubeBed, PathBuf, PathBuf) {
@@ -29,43 +29,15 @@ fn setup() -> (KubeBed, PathBuf, PathBuf) {
 }
 
 fn operator_binary() -> std::path::PathBuf {
-    let root = ferrite_e2e::workspace_root();
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "-p", "ferrite-operator", "--bin", "ferrite-operator"])
-        .current_dir(&root)
-        .status()
-        .expect("cargo build");
-    assert!(status.success(), "building ferrite-operator failed");
-    let target = std::env::var("CARGO_TARGET_DIR").map(std::path::PathBuf::from).unwrap_or_else(|_| root.join("target"));
-    target.join("debug/ferrite-operator")
+    ferrite_e2e::kube::operator_binary().expect("operator binary")
 }
 
-struct Operator(Child);
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_operator(bed: &KubeBed, bin: &std::path::Path, n: u32) -> Operator {
+fn start_operator(bed: &KubeBed, bin: &std::path::Path, n: u32) -> OperatorProcess {
     start_operator_with(bed, bin, n, &[])
 }
 
-fn start_operator_with(bed: &KubeBed, bin: &std::path::Path, n: u32, extra: &[String]) -> Operator {
-    let log = std::fs::File::create(bed.dir().join(format!("operator-{n}.log"))).expect("log file");
-    let child = Command::new(bin)
-        .args(["--resync-secs", "1", "--lease-namespace", "default", "--identity"])
-        .arg(format!("op-{n}"))
-        .args(extra)
-        .env("KUBECONFIG", bed.kubeconfig())
-        .env("RUST_LOG", "info,ferrite_operator=debug,kube=warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start operator");
-    Operator(child)
+fn start_operator_with(bed: &KubeBed, bin: &std::path::Path, n: u32, extra: &[String]) -> OperatorProcess {
+    OperatorProcess::start(bed, bin, n, extra).expect("start operator")
 }
 
 /// `--metrics 127.0.0.1:PORT` on a free port: the arguments and the address.
@@ -333,9 +305,12 @@ async fn csi_controller_service() {
     assert_eq!(again.volume.map(|v| v.volume_context), Some(ctx.clone()));
     let e = c.create_volume(create("pvc-0001", 128 << 20, "2")).await.expect_err("size change");
     assert_eq!(e.code(), tonic::Code::AlreadyExists);
-    // Three replicas on two nodes cannot be placed.
+    // Three replicas on two nodes cannot be placed, and nothing is left behind.
     let e = c.create_volume(create("pvc-0002", 4096, "3")).await.expect_err("3 replicas");
     assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    let bed5 = bed.clone();
+    let left = tokio::task::spawn_blocking(move || jsonpath(&bed5, "volume", "pvc-0002", "{.metadata.name}")).await.expect("get");
+    assert_eq!(left, "", "the unplaceable Volume was left behind");
     let e = c.create_volume(create("pvc-0003", 4096, "7")).await.expect_err("7 replicas");
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
 
@@ -397,7 +372,7 @@ async fn csi_controller_service() {
         .expect_err("unknown volume");
     assert_eq!(e.code(), tonic::Code::NotFound);
     let l = c.list_volumes(csi::ListVolumesRequest { max_entries: 1, starting_token: String::new() }).await.expect("list").into_inner();
-    assert_eq!((l.entries.len(), l.next_token.as_str()), (1, "1"));
+    assert_eq!((l.entries.len(), l.next_token.as_str()), (1, ""));
     // Capacity: the free bytes the pools report (no data written, so they hold still).
     let bed4 = bed.clone();
     let free: i64 = tokio::task::spawn_blocking(move || {
@@ -411,8 +386,14 @@ async fn csi_controller_service() {
     let e = c.controller_expand_volume(csi::ControllerExpandVolumeRequest { volume_id: "pvc-0001".into(), ..Default::default() }).await.expect_err("expand");
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "no capacity range: {e:?}");
 
+    // Paging: a second volume, listed one per page.
+    c.create_volume(create("pvc-0004", 4096, "1")).await.expect("second volume");
+    let l = c.list_volumes(csi::ListVolumesRequest { max_entries: 1, starting_token: String::new() }).await.expect("list").into_inner();
+    assert_eq!((l.entries.len(), l.next_token.as_str()), (1, "1"));
+    let l = c.list_volumes(csi::ListVolumesRequest { max_entries: 1, starting_token: "1".into() }).await.expect("page 2").into_inner();
+    assert_eq!((l.entries.len(), l.next_token.as_str()), (1, ""));
     // Delete: the nodes are emptied; deleting again succeeds.
-    for name in ["pvc-0001", "pvc-0002"] {
+    for name in ["pvc-0001", "pvc-0002", "pvc-0004"] {
         c.delete_volume(csi::DeleteVolumeRequest { volume_id: name.into(), ..Default::default() }).await.expect("delete");
     }
     c.delete_volume(csi::DeleteVolumeRequest { volume_id: "pvc-0001".into(), ..Default::default() }).await.expect("delete again");

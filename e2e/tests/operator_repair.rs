@@ -9,7 +9,7 @@
 //! period, then the operator places a new replica on the third node, adds it to the mirror,
 //! which rebuilds it in full, and the Volume goes Online over the target's replica and the
 //! new one (status and a `ReplicaReplaced` Event say so). The data reads back identical
-//! through the host during and after the repair, and the target's compare endpoint reports
+//! through the host during and after the repair, and the target's CompareVolume reports
 //! the replicas identical. The killed node restarted still holds its old replica: the
 //! operator destroys it (nothing of the volume left there) and the Volume stays Online.
 //! DeleteVolume removes everything from the nodes. Fails when the bed is not prepared.
@@ -584,24 +584,10 @@ async fn a_lost_replica_is_replaced_and_the_returning_one_removed() {
             "read back after the repair"
         );
     }
-    let http: SocketAddr = format!("{}:9420", NODES[ti].1)
-        .parse()
-        .expect("http address");
-    let path = format!("/v1/volumes/{uid}/compare");
-    let (code, body) =
-        tokio::task::spawn_blocking(move || ferrite_e2e::cluster::http_get(http, &path))
-            .await
-            .expect("compare task")
-            .expect("compare");
-    assert_eq!(code, 200, "{body}");
-    let cmp: Value = serde_json::from_str(&body).expect("compare JSON");
-    assert_eq!(cmp["identical"], true, "replicas differ: {body}");
-    let pairs = cmp["pairs"].as_array().cloned().unwrap_or_default();
-    assert_eq!(pairs.len(), 1, "{body}");
-    assert!(
-        pairs[0]["bytes_compared"].as_u64().unwrap_or(0) >= VOLUME_BYTES,
-        "{body}"
-    );
+    let cmp = nodes[ti].compare(&uid).await;
+    assert!(cmp.identical, "replicas differ: {cmp:?}");
+    assert_eq!(cmp.pairs.len(), 1, "{cmp:?}");
+    assert!(cmp.pairs[0].bytes_compared >= VOLUME_BYTES, "{cmp:?}");
     println!(
         "[{:?}] data verified ({rounds} read rounds during the repair), replicas identical",
         t0.elapsed()

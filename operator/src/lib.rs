@@ -9,7 +9,8 @@
 //! - [`names`]: pool names on nodes and NQNs.
 //!
 //! - [`reconcile`]: the controllers for FerriteNode, StoragePool and Volume, which carry the
-//!   decisions out through the nodes' gRPC API ([`node_api`]).
+//!   decisions out through the nodes' gRPC API ([`node_api`]), over mutual TLS with the
+//!   certificates [`node_tls`] finds or creates.
 //! - [`csi`]: the CSI Identity and Controller services over Volume objects.
 //! - [`leader`]: leader election with a `coordination.k8s.io/v1` Lease.
 //! - [`metrics`]: Prometheus metrics and the `/metrics` endpoint.
@@ -24,4 +25,5 @@ pub mod leader;
 pub mod metrics;
 pub mod names;
 pub mod node_api;
+pub mod node_tls;
 pub mod reconcile;

@@ -1,12 +1,15 @@
 //! Clients of the nodes' gRPC API (`ferrite.node.v1.Node`), one lazily connected channel per
 //! endpoint, with connect and request timeouts so an unreachable node never stalls a
-//! reconcile for long.
+//! reconcile for long. With TLS material ([`NodeClients::new`]) every node must be an
+//! `https://` endpoint whose certificate chains to the node API CA, and the operator
+//! presents its client certificate (mutual TLS, `ferrite_api::tls`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use ferrite_api::node::v1::node_client::NodeClient;
+use ferrite_api::tls::ClientPem;
 use tonic::transport::{Channel, Endpoint};
 
 /// How long connecting to a node may take.
@@ -18,9 +21,18 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 #[derive(Default)]
 pub struct NodeClients {
     channels: Mutex<HashMap<String, Channel>>,
+    tls: Option<ClientPem>,
 }
 
 impl NodeClients {
+    /// Clients that use mutual TLS with `tls` (None: plaintext, unauthenticated nodes).
+    pub fn new(tls: Option<ClientPem>) -> NodeClients {
+        NodeClients {
+            channels: Mutex::default(),
+            tls,
+        }
+    }
+
     /// A client for the node API at `endpoint` (`http://host:port`). Connection happens on
     /// the first call; failures surface as `UNAVAILABLE` statuses.
     pub fn client(&self, endpoint: &str) -> Result<NodeClient<Channel>, tonic::Status> {
@@ -31,11 +43,32 @@ impl NodeClients {
         if let Some(ch) = map.get(endpoint) {
             return Ok(NodeClient::new(ch.clone()));
         }
-        let ch = Endpoint::from_shared(endpoint.to_string())
+        let mut ep = Endpoint::from_shared(endpoint.to_string())
             .map_err(|e| tonic::Status::invalid_argument(format!("bad endpoint {endpoint}: {e}")))?
             .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
-            .connect_lazy();
+            .timeout(REQUEST_TIMEOUT);
+        let https = endpoint.starts_with("https://");
+        match &self.tls {
+            Some(pem) if https => {
+                ep = ep.tls_config(pem.tls()).map_err(|e| {
+                    tonic::Status::invalid_argument(format!("TLS towards {endpoint}: {e}"))
+                })?;
+            }
+            Some(_) => {
+                return Err(tonic::Status::failed_precondition(format!(
+                    "node API endpoint {endpoint} is not https: the operator talks to nodes \
+                     only over mutual TLS"
+                )));
+            }
+            None if https => {
+                return Err(tonic::Status::failed_precondition(format!(
+                    "node API endpoint {endpoint} is https but the operator has no node API \
+                     certificate (--node-tls-secret or --node-tls-dir)"
+                )));
+            }
+            None => {}
+        }
+        let ch = ep.connect_lazy();
         map.insert(endpoint.to_string(), ch.clone());
         Ok(NodeClient::new(ch))
     }
@@ -72,6 +105,21 @@ mod tests {
         assert_eq!(parse_host_port("[::1]:4420"), Some(("::1".into(), 4420)));
         assert_eq!(parse_host_port("x"), None);
         assert_eq!(parse_host_port(":1"), None);
+    }
+
+    #[tokio::test]
+    async fn tls_and_endpoint_schemes_must_agree() {
+        let plain = NodeClients::default();
+        assert!(plain.client("http://127.0.0.1:1").is_ok());
+        assert_eq!(
+            plain.client("https://127.0.0.1:1").map(|_| ()).unwrap_err().code(),
+            tonic::Code::FailedPrecondition
+        );
+        let pki = ferrite_api::tls::Pki::generate().expect("pki");
+        let tls = NodeClients::new(Some(pki.client()));
+        assert!(tls.client("https://127.0.0.1:1").is_ok());
+        let e = tls.client("http://127.0.0.1:1").map(|_| ()).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
     }
 
     #[test]

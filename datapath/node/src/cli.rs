@@ -52,6 +52,16 @@ pub struct Args {
     #[arg(long, value_name = "ADDR:PORT")]
     pub grpc: Option<SocketAddr>,
 
+    /// Folder with the node API's mutual-TLS files (ca.crt, node.crt, node.key): only
+    /// clients with a certificate of that CA are served. Required with --grpc.
+    #[arg(long, value_name = "DIR")]
+    pub grpc_tls_dir: Option<PathBuf>,
+
+    /// Serve the node API without authentication instead (tests and trusted networks only:
+    /// anyone who reaches the port can then destroy or read every volume on the node).
+    #[arg(long)]
+    pub grpc_insecure: bool,
+
     /// Folder of the state file (node-state.yaml) recording what the node API created; read
     /// at start. Used only with --grpc. Default /var/lib/ferrite.
     #[arg(long, value_name = "DIR")]
@@ -103,6 +113,10 @@ impl Args {
         if self.state_dir.is_some() {
             config.state_dir = self.state_dir.clone();
         }
+        if self.grpc_tls_dir.is_some() {
+            config.grpc_tls_dir = self.grpc_tls_dir.clone();
+        }
+        config.grpc_insecure |= self.grpc_insecure;
         let l = &mut config.limits;
         l.max_connections = self.max_connections.or(l.max_connections);
         l.max_connections_per_address = self.max_connections_per_address.or(l.max_connections_per_address);
@@ -168,6 +182,10 @@ mod tests {
         let c = parse(&["--grpc", "127.0.0.1:9500", "--state-dir", "/tmp/st"]).unwrap();
         assert_eq!(c.grpc, Some("127.0.0.1:9500".parse().unwrap()));
         assert_eq!(c.state_dir, Some(PathBuf::from("/tmp/st")));
+        assert_eq!((c.grpc_tls_dir.clone(), c.grpc_insecure), (None, false));
+        let c = parse(&["--grpc", "127.0.0.1:9500", "--grpc-tls-dir", "/etc/tls"]).unwrap();
+        assert_eq!(c.grpc_tls_dir, Some(PathBuf::from("/etc/tls")));
+        assert!(parse(&["--grpc", "127.0.0.1:9500", "--grpc-insecure"]).unwrap().grpc_insecure);
     }
 
     #[test]

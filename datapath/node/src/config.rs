@@ -26,6 +26,14 @@ pub struct Config {
     /// Address of the gRPC node API (`ferrite.node.v1.Node`; none: not served).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grpc: Option<SocketAddr>,
+    /// Folder with the node API's mutual-TLS files (`ca.crt`, `node.crt`, `node.key`, see
+    /// `ferrite_api::tls`): clients must present a certificate of that CA. Required with
+    /// `grpc` unless `grpc_insecure` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_tls_dir: Option<std::path::PathBuf>,
+    /// Serve the node API without authentication (tests and trusted networks only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub grpc_insecure: bool,
     /// Folder of the state file (`node-state.yaml`) holding what the node API created
     /// (default `/var/lib/ferrite`; used only when the node API is served).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -21,13 +21,20 @@ use crate::storage::{NodeError, Pool, Replica, Storage, VolumeState, VolumeView}
 /// address.
 pub async fn serve(
     addr: SocketAddr,
+    tls: Option<tonic::transport::ServerTlsConfig>,
     storage: Arc<Storage>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the node API on {addr}"))?;
     let bound = listener.local_addr().context("reading the node API address")?;
-    info!(%bound, "serving the node API (gRPC)");
-    let router = tonic::transport::Server::builder().add_service(NodeServer::new(NodeService { storage }));
+    let mut builder = tonic::transport::Server::builder().timeout(REQUEST_TIMEOUT);
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls).context("the node API's TLS configuration")?;
+        info!(%bound, "serving the node API (gRPC, mutual TLS)");
+    } else {
+        warn!(%bound, "serving the node API WITHOUT authentication (--grpc-insecure)");
+    }
+    let router = builder.add_service(NodeServer::new(NodeService { storage, comparing: Default::default() }));
     tokio::spawn(async move {
         if let Err(e) = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown).await {
             warn!(error = %e, "the node API stopped");
@@ -36,9 +43,52 @@ pub async fn serve(
     Ok(bound)
 }
 
+/// How long one node API call may run before it is answered DEADLINE_EXCEEDED (a volume
+/// comparison reads whole replicas: minutes for large ones).
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// The `Node` service over this node's storage.
 pub struct NodeService {
     storage: Arc<Storage>,
+    /// Volumes being compared now (one comparison per volume at a time).
+    comparing: Arc<std::sync::Mutex<std::collections::HashSet<Uuid>>>,
+}
+
+/// Holds a volume's place in [`NodeService::comparing`] until dropped.
+struct ComparingGuard(Arc<std::sync::Mutex<std::collections::HashSet<Uuid>>>, Uuid);
+
+impl Drop for ComparingGuard {
+    fn drop(&mut self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.1);
+    }
+}
+
+/// The comparison report `Storage::compare` makes, as the node API's message.
+fn comparison_msg(v: &serde_json::Value) -> pb::CompareVolumeResponse {
+    let u = |x: &serde_json::Value| x.as_u64().unwrap_or(0);
+    let s = |x: &serde_json::Value| x.as_str().unwrap_or_default().to_string();
+    pb::CompareVolumeResponse {
+        uuid: s(&v["volume"]),
+        identical: v["identical"].as_bool().unwrap_or(false),
+        pairs: v["pairs"]
+            .as_array()
+            .map(|ps| {
+                ps.iter()
+                    .map(|p| pb::ReplicaComparison {
+                        a: s(&p["a"]),
+                        b: s(&p["b"]),
+                        bytes_compared: u(&p["bytes_compared"]),
+                        identical: p["identical"].as_bool().unwrap_or(false),
+                        differing_bytes: u(&p["differing_bytes"]),
+                        differing: p["differing"]
+                            .as_array()
+                            .map(|ds| ds.iter().map(|d| pb::ByteRange { start: u(&d[0]), end: u(&d[1]) }).collect())
+                            .unwrap_or_default(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
 }
 
 impl From<NodeError> for Status {
@@ -301,5 +351,22 @@ impl Node for NodeService {
         let volumes =
             self.storage.volume_records().iter().filter_map(|r| self.storage.volume_view(r.uuid)).map(|v| self.volume(v)).collect();
         Ok(Response::new(pb::ListVolumesResponse { volumes }))
+    }
+
+    async fn compare_volume(&self, req: Request<pb::CompareVolumeRequest>) -> Reply<pb::CompareVolumeResponse> {
+        let id = uuid("volume uuid", &req.into_inner().uuid)?;
+        if self.storage.volume_view(id).is_none() {
+            return Err(Status::not_found(format!("volume {id} is not served here")));
+        }
+        let _guard = {
+            let mut running = self.comparing.lock().unwrap_or_else(|p| p.into_inner());
+            if !running.insert(id) {
+                return Err(Status::aborted(format!("volume {id} is being compared already; retry when it is done")));
+            }
+            ComparingGuard(self.comparing.clone(), id)
+        };
+        info!(volume = %id, "comparing replicas");
+        let report = self.storage.compare(id).await.map_err(|e| Status::unavailable(format!("{e:#}")))?;
+        Ok(Response::new(comparison_msg(&report)))
     }
 }

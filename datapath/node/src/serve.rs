@@ -24,6 +24,18 @@ pub async fn run(mut config: Config, reload: Option<PathBuf>) -> Result<()> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let mut sighup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
 
+    // The node API authenticates its clients (mutual TLS) unless told not to: checked
+    // before anything is opened.
+    let grpc_tls = match (&config.grpc, &config.grpc_tls_dir, config.grpc_insecure) {
+        (Some(_), Some(dir), _) => Some(
+            ferrite_api::tls::server_tls(dir).with_context(|| format!("the node API's TLS files in {}", dir.display()))?,
+        ),
+        (Some(addr), None, false) => anyhow::bail!(
+            "the node API on {addr} needs --grpc-tls-dir (mutual TLS; see docs/security.md), or --grpc-insecure to \
+             serve it without authentication"
+        ),
+        _ => None,
+    };
     let target = Target::new(config.limits.target_options()?);
     let mut devices: Vec<Arc<dyn BlockDevice>> = Vec::new();
     for s in &config.subsystems {
@@ -66,7 +78,7 @@ pub async fn run(mut config: Config, reload: Option<PathBuf>) -> Result<()> {
     }
     let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
     if let Some(addr) = config.grpc {
-        crate::grpc::serve(addr, storage.clone(), async move {
+        crate::grpc::serve(addr, grpc_tls.clone(), storage.clone(), async move {
             let _ = grpc_stopped.await;
         })
         .await?;

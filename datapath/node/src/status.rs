@@ -18,11 +18,6 @@ pub struct NodeStatus {
 
 #[async_trait::async_trait]
 impl StatusSource for NodeStatus {
-    async fn compare(&self, volume: &str) -> Result<String, (u16, String)> {
-        let uuid = uuid::Uuid::parse_str(volume).map_err(|_| (404, format!("{volume:?} is not a volume UUID")))?;
-        self.storage.compare(uuid).await.map(|v| v.to_string()).map_err(|e| (500, format!("{e:#}")))
-    }
-
     fn metrics(&self) -> String {
         crate::metrics::render(&self.target, &self.storage)
     }

@@ -1,7 +1,8 @@
 //! The node API end to end: two real `ferrite-datapath` processes driven through the
 //! generated tonic client. Pools on sparse files, replicas (one exported to the other node),
 //! a mirrored volume over a local and a remote replica, error codes, a restart from the state
-//! file, clean-up, and the metrics families.
+//! file, clean-up, and the metrics families. The node API runs with mutual TLS, as the chart
+//! runs it; clients without the CA's certificate get nothing.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,22 @@ const RC: &str = "7a6b5c4d-3e2f-4a1b-8c9d-0e1f2a3b4c5d";
 const VOL: &str = "9b1c4f0e-2f4d-4d8a-8c3e-6a5b4c3d2e1f";
 const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:0f6a0e0b-4d8a-4d2c-9d1e-2c1b8b4c5d6e";
 
+/// The node API's TLS files (one CA per test process), written once into a folder.
+fn tls_dir() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("ferrite-grpc-api-tls-{}", std::process::id()));
+        ferrite_api::tls::Pki::generate().unwrap().write_dir(&dir).unwrap();
+        dir
+    })
+}
+
+/// A channel to the node API at `ip` with the test CA's client certificate.
+async fn tls_channel(ip: &str) -> Result<Channel, tonic::transport::Error> {
+    let pem = ferrite_api::tls::ClientPem::from_dir(tls_dir()).unwrap();
+    tonic::transport::Endpoint::from_shared(format!("https://{ip}:9500"))?.tls_config(pem.tls())?.connect().await
+}
+
 /// One datapath process; killed when dropped.
 struct Datapath {
     child: Child,
@@ -39,6 +56,7 @@ impl Datapath {
             .args(["--config", config.to_str().unwrap()])
             .args(["--listen", &format!("{ip}:4420")])
             .args(["--grpc", &format!("{ip}:9500")])
+            .args(["--grpc-tls-dir", tls_dir().to_str().unwrap()])
             .args(["--http", &format!("{ip}:9420")])
             .args(["--state-dir", dir.join(format!("{name}-state")).to_str().unwrap()])
             .args(["--log-level", "warn"])
@@ -51,8 +69,8 @@ impl Datapath {
     async fn client(&self) -> NodeClient<Channel> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            match NodeClient::connect(format!("http://{}:9500", self.ip)).await {
-                Ok(c) => return c,
+            match tls_channel(self.ip).await {
+                Ok(c) => return NodeClient::new(c),
                 Err(e) if Instant::now() > deadline => panic!("node API on {} not up: {e}", self.ip),
                 Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
@@ -229,6 +247,14 @@ async fn node_api_pools_replicas_volumes_restart() {
     drop(ns);
     let _ = ctrl.disconnect().await;
 
+    // The replicas compared through the node API (the HTTP endpoint no longer offers it).
+    let cmp = ca.compare_volume(pb::CompareVolumeRequest { uuid: VOL.into() }).await.unwrap().into_inner();
+    assert!(cmp.identical, "{cmp:?}");
+    assert_eq!(cmp.pairs.len(), 1);
+    assert!(cmp.pairs[0].bytes_compared > 0 && cmp.pairs[0].differing.is_empty(), "{cmp:?}");
+    assert_eq!(code(ca.compare_volume(pb::CompareVolumeRequest { uuid: RX.into() }).await), Code::NotFound);
+    assert_eq!(code(ca.compare_volume(pb::CompareVolumeRequest { uuid: "x".into() }).await), Code::InvalidArgument);
+
     // In use: refused.
     assert_eq!(code(ca.destroy_pool(pb::DestroyPoolRequest { name: "pa".into() }).await), Code::FailedPrecondition);
     assert_eq!(code(ca.destroy_replica(pb::DestroyReplicaRequest { uuid: RA.into() }).await), Code::FailedPrecondition);
@@ -400,11 +426,66 @@ fn conflicting_state_file_is_a_clear_startup_error() {
     std::fs::write(state.join("node-state.yaml"), format!("pools:\n  - name: pa\n    disks: [\"{}\"]\n", disk(dir, "x.img"))).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_ferrite-datapath"))
         .args(["--config", config.to_str().unwrap()])
-        .args(["--listen", "127.0.93.7:4420", "--grpc", "127.0.93.7:9500"])
+        .args(["--listen", "127.0.93.7:4420", "--grpc", "127.0.93.7:9500", "--grpc-insecure"])
         .args(["--state-dir", state.to_str().unwrap()])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("pool \"pa\" is in both the configuration and the state file"), "{err}");
+}
+
+/// The node API refuses every client that does not hold a certificate of its CA: plain
+/// HTTP/2, TLS without a client certificate, and a certificate of another CA. Without TLS
+/// files the datapath does not start unless told to serve without authentication.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_api_refuses_unauthenticated_clients() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Datapath::start("a", "127.0.93.11", tmp.path());
+    let mut c = a.client().await;
+    c.list_pools(pb::ListPoolsRequest {}).await.expect("the CA's client is served");
+
+    // Plain HTTP/2: the handshake never completes, no call is served.
+    let plain = NodeClient::connect("http://127.0.93.11:9500".to_string()).await;
+    if let Ok(mut p) = plain {
+        let r = tokio::time::timeout(Duration::from_secs(5), p.list_pools(pb::ListPoolsRequest {})).await;
+        assert!(!matches!(r, Ok(Ok(_))), "a plaintext client was served");
+    }
+    // TLS that trusts the node but presents no client certificate.
+    let pem = ferrite_api::tls::ClientPem::from_dir(tls_dir()).unwrap();
+    let anonymous = tonic::transport::ClientTlsConfig::new()
+        .domain_name(ferrite_api::tls::NODE_SERVER_NAME)
+        .ca_certificate(tonic::transport::Certificate::from_pem(&pem.ca_cert));
+    let r = async {
+        let ch = tonic::transport::Endpoint::from_static("https://127.0.93.11:9500").tls_config(anonymous)?.connect().await?;
+        Ok::<_, Box<dyn std::error::Error>>(NodeClient::new(ch).list_pools(pb::ListPoolsRequest {}).await?)
+    }
+    .await;
+    assert!(r.is_err(), "a client without a certificate was served");
+    // A certificate of another CA (which also does not trust this node's certificate).
+    let rogue = ferrite_api::tls::Pki::generate().unwrap().client();
+    let r = async {
+        let ch = tonic::transport::Endpoint::from_static("https://127.0.93.11:9500").tls_config(rogue.tls())?.connect().await?;
+        Ok::<_, Box<dyn std::error::Error>>(NodeClient::new(ch).list_pools(pb::ListPoolsRequest {}).await?)
+    }
+    .await;
+    assert!(r.is_err(), "a client of another CA was served");
+    // A client that trusts the node's CA but holds another CA's certificate.
+    let forged = ferrite_api::tls::ClientPem { ca_cert: pem.ca_cert.clone(), ..rogue };
+    let r = async {
+        let ch = tonic::transport::Endpoint::from_static("https://127.0.93.11:9500").tls_config(forged.tls())?.connect().await?;
+        Ok::<_, Box<dyn std::error::Error>>(NodeClient::new(ch).list_pools(pb::ListPoolsRequest {}).await?)
+    }
+    .await;
+    assert!(r.is_err(), "a client certificate of another CA was accepted");
+    c.list_pools(pb::ListPoolsRequest {}).await.expect("still serving");
+
+    // --grpc without TLS files or --grpc-insecure: refused at start, nothing served.
+    let out = Command::new(env!("CARGO_BIN_EXE_ferrite-datapath"))
+        .args(["--grpc", "127.0.93.12:9500", "--state-dir", tmp.path().join("s").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--grpc-tls-dir"), "{err}");
 }

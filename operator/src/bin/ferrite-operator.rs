@@ -63,6 +63,16 @@ struct Args {
     /// not (`ferrite_operator_leader` tells which).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<String>,
+    /// Talk to nodes over mutual TLS with the node API CA and client certificate in this
+    /// Secret of the operator's namespace, created with a new CA if it does not exist (the
+    /// datapath pods mount its ca.crt, node.crt and node.key).
+    #[arg(long, value_name = "NAME", conflicts_with = "node_tls_dir")]
+    node_tls_secret: Option<String>,
+    /// Talk to nodes over mutual TLS with ca.crt, operator.crt and operator.key from this
+    /// folder. Without this or --node-tls-secret, node endpoints are plain, unauthenticated
+    /// `http://`.
+    #[arg(long, value_name = "DIR")]
+    node_tls_dir: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -111,6 +121,21 @@ async fn run(args: Args) -> Result<(), String> {
         .or_else(|| std::env::var("POD_NAMESPACE").ok())
         .unwrap_or_else(|| "default".into());
     let cfg = LeaderConfig::new(&namespace, &args.lease_name, &identity);
+    let node_tls = match (&args.node_tls_secret, &args.node_tls_dir) {
+        (Some(name), _) => Some(
+            ferrite_operator::node_tls::from_secret(&client, &namespace, name)
+                .await
+                .map_err(|e| format!("node API TLS: {e}"))?,
+        ),
+        (None, Some(dir)) => Some(
+            ferrite_api::tls::ClientPem::from_dir(dir)
+                .map_err(|e| format!("node API TLS: {e}"))?,
+        ),
+        (None, None) => {
+            tracing::warn!("no --node-tls-secret or --node-tls-dir: node API calls are not authenticated");
+            None
+        }
+    };
 
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -131,6 +156,7 @@ async fn run(args: Args) -> Result<(), String> {
                 ferrite_operator::csi::ControllerService::new(client.clone(), &args.driver_name);
             if let Some(s) = Arc::get_mut(&mut svc) {
                 s.wait = Duration::from_secs(args.csi_wait_secs.max(1));
+                s.nodes = ferrite_operator::node_api::NodeClients::new(node_tls.clone());
             }
             let csi = ferrite_operator::csi::Csi(svc);
             let metrics = metrics.clone();
@@ -178,6 +204,7 @@ async fn run(args: Args) -> Result<(), String> {
         c.resync = Duration::from_secs(args.resync_secs.max(1));
         c.repair_grace = Duration::from_secs(args.repair_grace_secs);
         c.orphan_grace = Duration::from_secs(args.orphan_grace_secs);
+        c.nodes = ferrite_operator::node_api::NodeClients::new(node_tls.clone());
         c.metrics = metrics.clone();
     }
     tracing::info!(%identity, "starting controllers");

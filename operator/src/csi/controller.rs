@@ -61,7 +61,8 @@ use crate::node_api::NodeClients;
 /// The controller's state.
 pub struct ControllerService {
     client: Client,
-    nodes: NodeClients,
+    /// Clients of the nodes' API (set TLS with [`NodeClients::new`]).
+    pub nodes: NodeClients,
     driver_name: String,
     /// How long CreateVolume / DeleteVolume wait before asking the sidecar to retry.
     pub wait: Duration,
