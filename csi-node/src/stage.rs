@@ -11,7 +11,7 @@ use crate::config::Plugin;
 use crate::device;
 use crate::error::{NodeError, Result};
 use crate::fabrics;
-use crate::format::{self, FsType, Probe};
+use crate::format::{self, FsType};
 use crate::mount::{self, MountOptions};
 use crate::state::StagedVolume;
 use crate::sysfs::NamespaceDevice;
@@ -230,25 +230,8 @@ fn stage_mount(
     }
     fs::create_dir_all(&a.staging_path)
         .map_err(|e| NodeError::Internal(format!("creating staging path {}: {e}", a.staging_path.display())))?;
-    match format::probe(&p.cfg.tools, node)? {
-        Probe::Blank => format::mkfs(&p.cfg.tools, fs, node)?,
-        Probe::Filesystem(t) if t == fs.name() => {
-            tracing::info!(volume = %a.volume_id, fs = %t, "existing filesystem kept");
-        }
-        Probe::Filesystem(t) => {
-            return Err(NodeError::FailedPrecondition(format!(
-                "{} already holds a {t} filesystem but the volume asks for {}; refusing to reformat it \
-                 (use fsType {t} or a new volume)",
-                node.display(),
-                fs.name()
-            )));
-        }
-        Probe::Other(what) => {
-            return Err(NodeError::FailedPrecondition(format!(
-                "{} holds {what}, not a filesystem; refusing to format over it",
-                node.display()
-            )));
-        }
+    if !format::ensure_filesystem(&p.cfg.tools, fs, node)? {
+        tracing::info!(volume = %a.volume_id, fs = fs.name(), "existing filesystem kept");
     }
     let mut opts = MountOptions::parse(flags);
     if a.read_only {

@@ -1,5 +1,5 @@
 //! The node's status report (`/v1/status`) and metrics source: what is served and how it is
-//! doing.
+//! doing, and what of the state file was refused at start (`state_errors`).
 
 use std::sync::Arc;
 
@@ -63,12 +63,24 @@ impl StatusSource for NodeStatus {
             "pools": self.pools(),
             "replicas": self.replicas(),
             "volumes": self.volumes(),
+            "state_errors": self.state_errors(),
+            "state_file_kept_aside": self.storage.state_refused.kept_aside.as_ref().map(|p| p.display().to_string()),
         })
         .to_string()
     }
 }
 
 impl NodeStatus {
+    /// The parts of the state file refused at start, and why.
+    fn state_errors(&self) -> Vec<Value> {
+        self.storage
+            .state_refused
+            .errors
+            .iter()
+            .map(|e| json!({ "file": e.file.display().to_string(), "entry": e.entry, "error": e.reason }))
+            .collect()
+    }
+
     fn pools(&self) -> Vec<Value> {
         self.storage
             .pools()

@@ -34,7 +34,7 @@ pub use replicas::Replica;
 pub use volumes::{Volume, VolumeRecord, VolumeState, VolumeView};
 
 use crate::config::{self, Config};
-use crate::state::{ApiKeys, StateFile};
+use crate::state::{ApiKeys, Refused, StateFile};
 
 /// Where an object's definition lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +58,8 @@ pub struct Storage {
     /// This node's name.
     pub node: String,
     state: Option<StateFile>,
+    /// What the state file held that was refused at start (`/v1/status` reports it).
+    pub state_refused: Refused,
     /// Serialises changes so that each one sees, and persists, a consistent state.
     changes: tokio::sync::Mutex<()>,
     pools: Mutex<Vec<Arc<Pool>>>,
@@ -93,14 +95,15 @@ pub fn node_name(cfg: &Config) -> String {
 
 impl Storage {
     /// Opens pools, creates and exports replicas, and starts building volumes. `api` names
-    /// the objects that came from the state file; `state` is where changes are persisted
-    /// (none: they are not).
+    /// the objects that came from the state file (and what of it was refused); `state` is
+    /// where changes are persisted (none: they are not).
     pub async fn open(cfg: &Config, api: &ApiKeys, target: &Arc<Target>, state: Option<StateFile>) -> Result<Arc<Storage>> {
         let storage = Arc::new(Storage {
             target: target.clone(),
             host: host_options(cfg),
             node: node_name(cfg),
             state,
+            state_refused: api.refused.clone(),
             changes: tokio::sync::Mutex::new(()),
             pools: Mutex::default(),
             replicas: Mutex::default(),
