@@ -8,6 +8,11 @@
 #     `apt-get install`ed: that would remove the machine's newer qemu-utils),
 #     its runtime libraries, seabios and ipxe-qemu, and a firmware dir for -L;
 #   - the Debian 6.1 cloud kernel (vmlinuz + modules, depmod'ed);
+#   - the Debian 13 (trixie) 6.12 cloud kernel, whose initiator and nvmet have
+#     NVMe in-band authentication (DH-HMAC-CHAP) built in: fetched with a
+#     private apt state (never installed on the host), `dpkg -x`, its `.ko.xz`
+#     modules decompressed into a second initramfs with the same userland
+#     ($CACHE/bed-6.12.env; run-guest.sh uses it with FERRITE_QEMU_BED=6.12);
 #   - a gzip'ed newc initramfs: busybox-static, nvme-cli, e2fsprogs' mke2fs,
 #     e2fsck and resize2fs, util-linux's blkid, xfsprogs' mkfs.xfs and
 #     xfs_growfs, the modules for nvme-tcp / nvmet-tcp / loop / virtio-net / xfs, a
@@ -15,15 +20,19 @@
 #     run-guest.sh as an appended cpio) and prints FERRITE-GUEST-RESULT: PASS
 #     or FAIL before powering off.
 # Writes $CACHE/bed.env (paths for run-guest.sh) and a stamp file keyed by
-# PREPARE_VERSION: a second run is a fast no-op. Needs root (apt-get).
+# PREPARE_VERSION, and $CACHE/bed-6.12.env with its own stamp keyed by
+# PREPARE_612_VERSION: a second run is a fast no-op. Needs root (apt-get).
 # Set FERRITE_QEMU_REBUILD=1 to force a rebuild of the cache.
 set -euo pipefail
 
 # Bump when anything below changes what ends up in the cache.
 PREPARE_VERSION="ferrite-qemu-bed-8"
+# Bump when the 6.12 bed (section 6) changes; the 6.1 bed is then left alone.
+PREPARE_612_VERSION="ferrite-qemu-612-1"
 
 CACHE="${FERRITE_QEMU_CACHE:-${FERRITE_CACHE:-$HOME/.cache/ferrite}/qemu}"
 STAMP="$CACHE/stamp"
+STAMP612="$CACHE/stamp-6.12"
 
 log() { printf 'prepare.sh: %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -40,8 +49,18 @@ bed_ok() {
     "$FERRITE_QEMU_BIN" --version >/dev/null 2>&1
 }
 
-if [ "${FERRITE_QEMU_REBUILD:-0}" != 1 ] && bed_ok; then
-    log "up to date ($PREPARE_VERSION) in $CACHE"
+bed612_ok() {
+    [ -f "$STAMP612" ] && [ "$(cat "$STAMP612")" = "$PREPARE_612_VERSION" ] || return 1
+    [ -f "$CACHE/bed-6.12.env" ] || return 1
+    (
+        # shellcheck source=/dev/null
+        . "$CACHE/bed-6.12.env"
+        [ -f "$FERRITE_QEMU_KERNEL" ] && [ -f "$FERRITE_QEMU_INITRD" ]
+    )
+}
+
+if [ "${FERRITE_QEMU_REBUILD:-0}" != 1 ] && bed_ok && bed612_ok; then
+    log "up to date ($PREPARE_VERSION, $PREPARE_612_VERSION) in $CACHE"
     exit 0
 fi
 
@@ -53,11 +72,14 @@ mkdir -p "$CACHE"
 # One builder at a time; a second one waits, then finds the bed ready.
 exec 9>"$CACHE/.lock"
 flock 9
-if [ "${FERRITE_QEMU_REBUILD:-0}" != 1 ] && bed_ok; then
-    log "up to date ($PREPARE_VERSION) in $CACHE (built by another run)"
+if [ "${FERRITE_QEMU_REBUILD:-0}" != 1 ] && bed_ok && bed612_ok; then
+    log "up to date ($PREPARE_VERSION, $PREPARE_612_VERSION) in $CACHE (built by another run)"
     exit 0
 fi
-rm -f "$STAMP"
+MAIN_BED=1
+if [ "${FERRITE_QEMU_REBUILD:-0}" != 1 ] && bed_ok; then
+    MAIN_BED=0
+fi
 
 # --- apt helpers ---------------------------------------------------------------
 APT_UPDATED=0
@@ -103,6 +125,12 @@ apt_download() {
 
 deb_of() { compgen -G "$DEBS/${1}_*.deb" | head -n1; }
 
+DEBS="$CACHE/debs"
+STAGE="$CACHE/initramfs-root"
+
+# Sections 1-5: the 6.1 bed (QEMU, kernel, initramfs).
+build_main_bed() {
+rm -f "$STAMP"
 # --- 1. host tools -------------------------------------------------------------
 # cpio/gzip/kmod build the initramfs; nvme-cli, e2fsprogs, util-linux (blkid) and
 # xfsprogs are copied into it (installed so that ldd resolves their libraries from
@@ -304,3 +332,98 @@ FERRITE_QEMU_HOSTNQN='$(cat "$CACHE/hostnqn")'
 EOF
 echo "$PREPARE_VERSION" >"$STAMP"
 log "prepared $CACHE in $(( $(date +%s) - start_ts ))s (kernel $KVER, initramfs $(du -h "$INITRD" | cut -f1))"
+}
+
+# --- 6. the Debian 13 6.12 kernel (NVMe in-band authentication) -------------------
+# Debian 12's kernels lack NVME_HOST_AUTH; trixie's cloud kernel has it (and
+# NVME_TARGET_AUTH) built in. Fetched through a private apt state so that the
+# host's apt sources and package state are untouched; nothing is installed.
+build_612_bed() {
+    rm -f "$STAMP612"
+    mkdir -p "$DEBS"
+    apt_install cpio gzip kmod xz-utils debian-archive-keyring
+    local tapt="$CACHE/trixie-apt"
+    mkdir -p "$tapt/lists/partial" "$tapt/cache/archives/partial"
+    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main" \
+        >"$tapt/sources.list"
+    local aopts=(-o "Dir::Etc::sourcelist=$tapt/sources.list" -o Dir::Etc::sourceparts=-
+        -o "Dir::State::Lists=$tapt/lists" -o "Dir::Cache=$tapt/cache")
+    log "apt-get update (private trixie state in $tapt)"
+    apt-get "${aopts[@]}" update -qq 2> >(grep -v unsandboxed >&2)
+    local kpkg
+    kpkg=$(apt-cache "${aopts[@]}" depends linux-image-cloud-amd64 2>/dev/null \
+        | sed -n 's/^ *Depends: \(linux-image-6\.12\.[^ ]*-cloud-amd64\)$/\1/p' | head -n1)
+    [ -n "$kpkg" ] || die "cannot resolve trixie's linux-image-cloud-amd64 to a 6.12 image package"
+    local kver=${kpkg#linux-image-}
+    if ! compgen -G "$DEBS/${kpkg}_*.deb" >/dev/null; then
+        log "apt-get download $kpkg (trixie)"
+        (cd "$DEBS" && apt-get "${aopts[@]}" download -qq "$kpkg" 2> >(grep -v unsandboxed >&2))
+    fi
+    local kroot="$CACHE/kernel-6.12-root"
+    rm -rf "$kroot"
+    mkdir -p "$kroot"
+    dpkg -x "$(deb_of "$kpkg")" "$kroot"
+    # Merged /usr: the host's depmod and modprobe look under <root>/lib/modules.
+    if [ ! -d "$kroot/lib/modules/$kver" ]; then
+        mkdir -p "$kroot/lib/modules"
+        cp -al "$kroot/usr/lib/modules/$kver" "$kroot/lib/modules/$kver"
+    fi
+    depmod -b "$kroot" "$kver"
+    local vmlinuz
+    vmlinuz=$(find "$kroot/boot" "$kroot/usr/lib" -maxdepth 2 -name "vmlinuz-$kver" 2>/dev/null | head -n1)
+    [ -n "$vmlinuz" ] || die "no vmlinuz-$kver in $kpkg"
+    local kernel="$CACHE/vmlinuz-$kver"
+    cp "$vmlinuz" "$kernel"
+
+    # The 6.1 initramfs's userland with this kernel's modules (decompressed for busybox
+    # insmod), and an /init that skips modules the kernel already loaded on its own.
+    local stage="$CACHE/initramfs-6.12-root"
+    rm -rf "$stage"
+    cp -a "$STAGE" "$stage"
+    rm -rf "$stage/usr/lib/modules"
+    : >"$stage/etc/ferrite-modules"
+    local m kind path rel
+    for m in virtio_pci virtio_net configfs loop nvme-fabrics nvme-tcp nvmet nvmet-tcp crc32c-intel xfs; do
+        while read -r kind path _; do
+            [ "$kind" = insmod ] || continue
+            rel=${path#"$kroot"}
+            rel=/usr${rel#/usr}
+            rel=${rel%.xz}
+            grep -qxF "$rel" "$stage/etc/ferrite-modules" && continue
+            mkdir -p "$stage$(dirname "$rel")"
+            case $path in
+                *.xz) xz -dc "$path" >"$stage$rel" ;;
+                *) install -m 0644 "$path" "$stage$rel" ;;
+            esac
+            echo "$rel" >>"$stage/etc/ferrite-modules"
+        done < <(modprobe -d "$kroot" -S "$kver" --show-depends "$m" 2>/dev/null || true)
+    done
+    grep -q 'nvme-tcp.ko' "$stage/etc/ferrite-modules" || die "nvme-tcp.ko not found in $kpkg"
+    awk '/^    insmod "\$ko"/ { print "    [ -d \"/sys/module/$(basename \"$ko\" .ko | tr - _)\" ] && continue" } { print }' \
+        "$STAGE/init" >"$stage/init"
+    grep -q '/sys/module/' "$stage/init" || die "could not adapt /init for the 6.12 bed"
+    local initrd="$CACHE/initramfs-6.12.cpio.gz"
+    (cd "$stage" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) \
+        | gzip -6 >"$initrd.tmp"
+    mv "$initrd.tmp" "$initrd"
+    rm -rf "$kroot"
+    {
+        echo "# Written by e2e/qemu/prepare.sh ($PREPARE_612_VERSION); sourced by run-guest.sh"
+        echo "# after bed.env when FERRITE_QEMU_BED=6.12."
+        echo "FERRITE_QEMU_KERNEL='$kernel'"
+        echo "FERRITE_QEMU_INITRD='$initrd'"
+        echo "FERRITE_QEMU_KVER='$kver'"
+    } >"$CACHE/bed-6.12.env"
+    echo "$PREPARE_612_VERSION" >"$STAMP612"
+    log "prepared the 6.12 bed in $CACHE (kernel $kver, initramfs $(du -h "$initrd" | cut -f1))"
+}
+
+if [ "$MAIN_BED" = 1 ]; then
+    build_main_bed
+else
+    log "6.1 bed up to date ($PREPARE_VERSION)"
+fi
+if [ "${FERRITE_QEMU_REBUILD:-0}" = 1 ] || ! bed612_ok; then
+    build_612_bed
+fi
+

@@ -17,6 +17,8 @@
 #   FERRITE_QEMU_LOG     a directory for the console log (created), or a file
 #                        path ending in .log; default: a new /tmp/ferrite-qemu.*
 #   FERRITE_QEMU_CACHE / FERRITE_CACHE   as for prepare.sh
+#   FERRITE_QEMU_BED     which kernel to boot: 6.1 (default, Debian 12) or 6.12
+#                        (Debian 13, with NVMe in-band authentication)
 #   FERRITE_QEMU_APPEND  extra kernel arguments (e.g. nvme_core.multipath=N)
 #   FERRITE_QEMU_MEM     guest memory in MiB (default 1024)
 #   FERRITE_QEMU_SMP     guest vCPUs (default 2)
@@ -54,6 +56,13 @@ done
 CACHE="${FERRITE_QEMU_CACHE:-${FERRITE_CACHE:-$HOME/.cache/ferrite}/qemu}"
 # shellcheck source=/dev/null
 . "$CACHE/bed.env"
+case "${FERRITE_QEMU_BED:-6.1}" in
+    6.1) ;;
+    6.12)
+        # shellcheck source=/dev/null
+        . "$CACHE/bed-6.12.env" ;;
+    *) log "FERRITE_QEMU_BED must be 6.1 or 6.12, not ${FERRITE_QEMU_BED}"; exit 2 ;;
+esac
 
 # --- log file --------------------------------------------------------------
 name=$(basename "$SCRIPT" .sh)
@@ -130,7 +139,7 @@ cmd=("$FERRITE_QEMU_BIN" -L "$FERRITE_QEMU_FW" -nodefaults -nographic
     -netdev "user,id=n0${FERRITE_QEMU_NETDEV_OPTS:-}"
     -device virtio-net-pci,netdev=n0,romfile=)
 
-log "guest script $SCRIPT, timeout ${TIMEOUT}s, log $LOG"
+log "guest script $SCRIPT, kernel $FERRITE_QEMU_KVER, timeout ${TIMEOUT}s, log $LOG"
 start=$(date +%s)
 : >"$LOG"
 "${cmd[@]}" </dev/null >>"$LOG" 2>&1 &

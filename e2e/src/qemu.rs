@@ -24,6 +24,9 @@ pub struct GuestOptions {
     pub netdev_opts: Option<String>,
     /// Extra kernel command-line arguments (`FERRITE_QEMU_APPEND`).
     pub kernel_append: Option<String>,
+    /// The kernel to boot (`FERRITE_QEMU_BED`): `6.1` (the default) or `6.12` (Debian 13,
+    /// with NVMe in-band authentication; prepared by `e2e/qemu/prepare.sh` beside 6.1).
+    pub bed: Option<String>,
 }
 
 /// Prepares the bed (a no-op when cached) and runs `script` (relative to `e2e/qemu/guest`)
@@ -65,6 +68,9 @@ pub fn run_guest_with(script: &str, timeout_s: u32, env: &[(&str, String)], opts
     }
     if let Some(a) = &opts.kernel_append {
         cmd.env("FERRITE_QEMU_APPEND", a);
+    }
+    if let Some(b) = &opts.bed {
+        cmd.env("FERRITE_QEMU_BED", b);
     }
     let out = cmd.output().map_err(|e| format!("running run-guest.sh: {e}"))?;
     let output = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));

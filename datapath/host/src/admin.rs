@@ -6,6 +6,7 @@ use std::sync::Weak;
 use std::time::Duration;
 
 use ferrite_block::IoBuf;
+use ferrite_protocol::auth::{CONNECT_AUTHREQ_ASCR, CONNECT_AUTHREQ_ATR};
 use ferrite_protocol::command::{GetLogPageCommand, admin_opcode, feature};
 use ferrite_protocol::fabrics::{
     ConnectCommand, ConnectData, PropertyCommand, connect_data_offset, csts, property,
@@ -225,7 +226,8 @@ pub(crate) fn identify_sqe(cns: u8, nsid: u32) -> Sqe {
     }
 }
 
-/// Fabrics Connect on `q`; returns the controller ID.
+/// Fabrics Connect on `q`, then in-band authentication if the controller asks for it;
+/// returns the controller ID.
 pub(crate) async fn fabrics_connect(
     q: &Queue,
     opts: &HostOptions,
@@ -272,6 +274,15 @@ pub(crate) async fn fabrics_connect(
         });
     }
     let got = (c.cqe.result & 0xffff) as u16;
+    if c.cqe.result & CONNECT_AUTHREQ_ASCR != 0 {
+        return Err(HostError::Authentication {
+            qid,
+            reason: "the controller requires a secure channel, which is not supported".into(),
+        });
+    }
+    if c.cqe.result & CONNECT_AUTHREQ_ATR != 0 {
+        crate::auth::authenticate(q, opts, subnqn, qid).await?;
+    }
     if qid != 0 && got != cntlid {
         warn!(
             qid,

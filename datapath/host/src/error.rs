@@ -59,6 +59,15 @@ pub enum HostError {
         fei: u32,
     },
 
+    /// In-band authentication (DH-HMAC-CHAP) failed or could not be run.
+    #[error("authentication of queue {qid} failed: {reason}")]
+    Authentication {
+        /// The queue being authenticated.
+        qid: u16,
+        /// What went wrong, in words.
+        reason: String,
+    },
+
     /// The caller asked for something the host cannot send (bad length, unknown queue, ...).
     #[error("invalid request: {0}")]
     InvalidRequest(String),

@@ -7,6 +7,10 @@
 //! a connected controller into a [`ferrite_block::BlockDevice`], which is how a mirror reaches
 //! replicas on other nodes.
 //!
+//! A controller that asks for in-band authentication (ATR in the Connect response) gets the
+//! DH-HMAC-CHAP transaction on every queue (`auth`), with [`HostOptions::dhchap_secret`] and,
+//! for bidirectional authentication, [`HostOptions::dhchap_ctrl_secret`].
+//!
 //! Layout: `connection` (TCP + ICReq/ICResp), `queue` (one connection's command engine; its
 //! reader and writer tasks in `queue::wire`), `transfer` (pure bookkeeping: CIDs, R2T
 //! splitting, read reassembly), `controller` (state, bring-up, queue choice, shutdown),
@@ -15,6 +19,7 @@
 //! `join` (run a split I/O's commands together).
 
 mod admin;
+mod auth;
 mod connection;
 mod controller;
 mod discovery;
@@ -30,6 +35,7 @@ mod transfer;
 pub use controller::{Controller, NamespaceGeometry};
 pub use discovery::{discover, read_discovery_log};
 pub use error::HostError;
+pub use ferrite_protocol::dhchap::{DhGroup, HashId, Secret as DhchapSecret};
 pub use ferrite_protocol::identify::{IdentifyController, IdentifyNamespace};
 pub use ferrite_protocol::log_page::DiscoveryEntry;
 pub use options::{HostOptions, format_uuid, random_uuid, uuid_hostnqn};

@@ -1,7 +1,10 @@
-//! [`HostOptions`]: who the host is (host NQN and host ID), what it negotiates (digests, queue
-//! count and depth, keep-alive timeout) and how long it waits for anything.
+//! [`HostOptions`]: who the host is (host NQN and host ID, DH-HMAC-CHAP secrets), what it
+//! negotiates (digests, queue count and depth, keep-alive timeout, authentication hashes and
+//! DH groups) and how long it waits for anything.
 
 use std::time::Duration;
+
+use ferrite_protocol::dhchap::{DhGroup, HashId, Secret};
 
 /// Connection options for [`crate::Controller::connect`] and [`crate::discover`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,6 +29,16 @@ pub struct HostOptions {
     pub disable_sqflow: bool,
     /// Upper bound on every wait: TCP connect, each command, controller ready and shutdown.
     pub timeout: Duration,
+    /// DH-HMAC-CHAP secret of this host: used when a controller asks for in-band
+    /// authentication (ATR in the Connect response). Without it such a connect fails.
+    pub dhchap_secret: Option<Secret>,
+    /// The controller's DH-HMAC-CHAP secret: when set, the host also makes the controller
+    /// prove it knows it (bidirectional authentication).
+    pub dhchap_ctrl_secret: Option<Secret>,
+    /// Hash functions offered in AUTH_Negotiate.
+    pub dhchap_hashes: Vec<HashId>,
+    /// DH groups offered in AUTH_Negotiate.
+    pub dhchap_groups: Vec<DhGroup>,
 }
 
 impl HostOptions {
@@ -42,6 +55,10 @@ impl HostOptions {
             kato_ms: 5000,
             disable_sqflow: false,
             timeout: Duration::from_secs(10),
+            dhchap_secret: None,
+            dhchap_ctrl_secret: None,
+            dhchap_hashes: HashId::ALL.to_vec(),
+            dhchap_groups: DhGroup::ALL.to_vec(),
         }
     }
 }

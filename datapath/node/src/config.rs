@@ -1,5 +1,7 @@
 //! The datapath's configuration: listeners and exported subsystems, from YAML or the CLI,
-//! and the NVMe/TCP target's limits against hostile peers (`limits`).
+//! the NVMe/TCP target's limits against hostile peers (`limits`), and in-band
+//! authentication (DH-HMAC-CHAP, under `node`): the secrets of the hosts that must
+//! authenticate on this node's subsystems, and this node's own secret towards other nodes.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -65,6 +67,79 @@ pub struct NodeSpec {
     /// Host NQN this node uses to reach remote replicas (default derived from the name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostnqn: Option<String>,
+    /// DH-HMAC-CHAP secret (`DHHC-1:...`, as `nvme gen-dhchap-key` prints) this node
+    /// authenticates with when another node's target asks (connecting to remote replicas).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhchap_secret: Option<SecretText>,
+    /// The secret other nodes' targets must prove in turn (bidirectional authentication).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhchap_ctrl_secret: Option<SecretText>,
+    /// Hosts that must authenticate with DH-HMAC-CHAP on every subsystem of this node
+    /// (volumes, replica exports, `subsystems`) that lets them connect. Hosts not listed are
+    /// admitted by the access lists alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dhchap_hosts: Vec<DhchapHostSpec>,
+}
+
+/// A DH-HMAC-CHAP secret as written in the configuration; never shown by `Debug`.
+#[derive(Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct SecretText(pub String);
+
+impl std::fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"DHHC-1:<redacted>\"")
+    }
+}
+
+impl SecretText {
+    /// Parses and checks the secret (format, CRC, key length).
+    pub fn parse(&self, what: &str) -> Result<ferrite_protocol::dhchap::Secret> {
+        ferrite_protocol::dhchap::Secret::parse(&self.0).with_context(|| format!("{what}: invalid DH-HMAC-CHAP secret"))
+    }
+}
+
+/// A host that must authenticate, with its secrets.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DhchapHostSpec {
+    /// The host's NQN.
+    pub nqn: String,
+    /// The host's secret: it must prove it knows it.
+    pub dhchap_secret: SecretText,
+    /// The controller secret this node proves to the host when the host asks
+    /// (bidirectional authentication, `nvme connect --dhchap-ctrl-secret`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhchap_ctrl_secret: Option<SecretText>,
+}
+
+impl NodeSpec {
+    /// The keys of `dhchap_hosts`, checked.
+    pub fn host_keys(&self) -> Result<ferrite_target::HostKeys> {
+        let mut keys = ferrite_target::HostKeys::new();
+        for h in &self.dhchap_hosts {
+            nqn::validate(&h.nqn).with_context(|| format!("node.dhchap_hosts: host {:?}", h.nqn))?;
+            let what = format!("node.dhchap_hosts {:?}", h.nqn);
+            let host = h.dhchap_secret.parse(&what)?;
+            let ctrl = h.dhchap_ctrl_secret.as_ref().map(|c| c.parse(&what)).transpose()?;
+            if keys.insert(h.nqn.clone(), ferrite_target::DhchapKeys::new(host, ctrl)).is_some() {
+                bail!("node.dhchap_hosts: host {:?} is given twice", h.nqn);
+            }
+        }
+        Ok(keys)
+    }
+
+    /// This node's own secrets towards other nodes' targets: (host secret, controller secret).
+    pub fn own_secrets(
+        &self,
+    ) -> Result<(Option<ferrite_protocol::dhchap::Secret>, Option<ferrite_protocol::dhchap::Secret>)> {
+        let host = self.dhchap_secret.as_ref().map(|s| s.parse("node.dhchap_secret")).transpose()?;
+        let ctrl = self.dhchap_ctrl_secret.as_ref().map(|s| s.parse("node.dhchap_ctrl_secret")).transpose()?;
+        if ctrl.is_some() && host.is_none() {
+            bail!("node.dhchap_ctrl_secret needs node.dhchap_secret");
+        }
+        Ok((host, ctrl))
+    }
 }
 
 /// A storage pool.
@@ -177,6 +252,10 @@ pub struct LimitsSpec {
     /// Seconds a new connection may take to send ICReq, and then to connect a queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout_secs: Option<u64>,
+    /// The DH-HMAC-CHAP keys of `node.dhchap_hosts`, copied here by [`Config::parse`] so that
+    /// the target built from [`LimitsSpec::target_options`] has them before it listens.
+    #[serde(skip)]
+    pub dhchap_hosts: ferrite_target::HostKeys,
 }
 
 impl LimitsSpec {
@@ -213,6 +292,7 @@ impl LimitsSpec {
         secs("data_timeout_secs", self.data_timeout_secs, &mut o.data_timeout)?;
         secs("idle_timeout_secs", self.idle_timeout_secs, &mut o.ic_timeout)?;
         secs("idle_timeout_secs", self.idle_timeout_secs, &mut o.connect_timeout)?;
+        o.host_keys = self.dhchap_hosts.clone();
         Ok(o)
     }
 }
@@ -291,7 +371,10 @@ impl Config {
 
     /// Parses YAML configuration text.
     pub fn parse(text: &str) -> Result<Config> {
-        serde_saphyr::from_str(text).map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))
+        let mut c: Config = serde_saphyr::from_str(text).map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        // Bad secrets are reported by `validate`.
+        c.limits.dhchap_hosts = c.node.host_keys().unwrap_or_default();
+        Ok(c)
     }
 
     /// Checks everything that can be checked before opening devices.
@@ -332,6 +415,8 @@ impl Config {
         if let Some(h) = &self.node.hostnqn {
             nqn::validate(h).with_context(|| format!("node.hostnqn {h:?}"))?;
         }
+        self.node.host_keys()?;
+        self.node.own_secrets()?;
         let mut pools = HashSet::new();
         for p in &self.pools {
             if !pools.insert(p.name.as_str()) {
@@ -456,6 +541,37 @@ mod tests {
             let e = Config::parse(text).unwrap().validate().unwrap_err();
             assert!(format!("{e:#}").contains(want), "{text}: {e:#}");
         }
+    }
+
+    #[test]
+    fn parses_dhchap_secrets() {
+        let host = "DHHC-1:00:ia6zGodOr4SEG0Zzaw398rpY0wqipUWj4jWjUh4HWUz6aQ2n:";
+        let c = Config::parse(&format!(
+            "node:\n  name: b\n  dhchap_secret: \"{host}\"\n  dhchap_hosts:\n    - nqn: nqn.2024-01.dev.ferrite:node-a\n      dhchap_secret: \"{host}\"\n      dhchap_ctrl_secret: \"{host}\"\n"
+        ))
+        .unwrap();
+        c.validate().unwrap();
+        let keys = c.limits.target_options().unwrap().host_keys;
+        let k = &keys["nqn.2024-01.dev.ferrite:node-a"];
+        assert!(k.ctrl.is_some());
+        assert_eq!(c.node.own_secrets().unwrap().0.unwrap().key_len(), 32);
+        assert!(!format!("{c:?}").contains("ia6zGod"), "secrets stay out of Debug output");
+        // Without the section nothing changes.
+        let plain = Config::parse("node: {name: b}\n").unwrap();
+        assert!(plain.limits.target_options().unwrap().host_keys.is_empty());
+        assert_eq!(plain.node.own_secrets().unwrap(), (None, None));
+        // A bad CRC, a missing host secret, a bad NQN and a duplicate are refused.
+        for bad in [
+            "node:\n  dhchap_secret: \"DHHC-1:00:ia6zGodOr4SEG0Zzaw398rpY0wqipUWj4jWjUh4HWUz6aQ2m:\"\n".to_string(),
+            format!("node:\n  dhchap_ctrl_secret: \"{host}\"\n"),
+            format!("node:\n  dhchap_hosts: [{{nqn: bad, dhchap_secret: \"{host}\"}}]\n"),
+            format!(
+                "node:\n  dhchap_hosts:\n    - {{nqn: nqn.2024-01.dev.ferrite:a, dhchap_secret: \"{host}\"}}\n    - {{nqn: nqn.2024-01.dev.ferrite:a, dhchap_secret: \"{host}\"}}\n"
+            ),
+        ] {
+            assert!(Config::parse(&bad).and_then(|c| c.validate()).is_err(), "{bad}");
+        }
+        assert!(Config::parse("node:\n  dhchap_hosts: [{nqn: nqn.2024-01.dev.ferrite:a}]\n").is_err());
     }
 
     #[test]

@@ -14,7 +14,9 @@
 //! PDUs (backpressure). R2Ts are issued only within the same budget (further writes wait for
 //! their R2T). Every wait on the peer has a deadline: ICReq, Connect, H2CData after an R2T,
 //! the rest of a PDU once its header arrived, and socket writes (a host that does not read is
-//! disconnected after `drain_timeout`).
+//! disconnected after `drain_timeout`); a queue that must authenticate (DH-HMAC-CHAP, see
+//! `auth.rs`) is closed if it has not within `auth_timeout` of its Connect, and refuses every
+//! other command with Authentication Required until then.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -26,6 +28,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use ferrite_block::IoBuf;
+use ferrite_protocol::auth::{CONNECT_AUTHREQ_ATR, is_auth_command};
 use ferrite_protocol::command::{Sqe, admin_opcode, fctype, sgl_type};
 use ferrite_protocol::completion::Cqe;
 use ferrite_protocol::pdu::{
@@ -33,12 +36,13 @@ use ferrite_protocol::pdu::{
     R2T, TermReq,
 };
 use ferrite_protocol::status::Status;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
+use crate::auth::{self as dhchap, AuthGate};
 use crate::controller::Controller;
 use crate::registry::{Shared, signalled};
 use crate::running::Running;
@@ -183,6 +187,9 @@ pub(crate) struct QueueCtx {
     pub sq_flow_disabled: bool,
     /// The local address the host reached (reported in the discovery log).
     pub local: SocketAddr,
+    /// In-band authentication, when the host has DH-HMAC-CHAP keys on the subsystem: until
+    /// it succeeds, only Authentication Send/Receive are executed.
+    pub auth: Option<Arc<AuthGate>>,
 }
 
 impl QueueCtx {
@@ -209,6 +216,8 @@ enum Timeout {
     Connect,
     /// R2T data, or the rest of a started PDU, did not arrive.
     Data,
+    /// A queue that must authenticate did not finish DH-HMAC-CHAP in time.
+    Auth,
 }
 
 /// Why a connection's read loop stopped.
@@ -254,6 +263,8 @@ struct Queue {
     running: Running,
     /// A queue not bound by Connect by then is closed.
     connect_deadline: Instant,
+    /// A queue that must authenticate and has not by then is closed.
+    auth_deadline: Option<Instant>,
 }
 
 /// Serves one accepted TCP connection until it closes.
@@ -327,6 +338,7 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
         budget,
         running: Running::default(),
         connect_deadline,
+        auth_deadline: None,
     };
 
     let stop = tokio::select! {
@@ -354,6 +366,10 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
         }
         Stop::Timeout(Timeout::Connect) => {
             warn!(peer = %q.peer, timeout = ?q.shared.options.connect_timeout, "no successful Connect in time; closing the connection");
+            TargetStats::bump(&q.shared.stats.connect_timeouts);
+        }
+        Stop::Timeout(Timeout::Auth) => {
+            warn!(peer = %q.peer, timeout = ?q.shared.options.auth_timeout, "the host did not authenticate in time; closing the connection");
             TargetStats::bump(&q.shared.stats.connect_timeouts);
         }
         Stop::Timeout(Timeout::Data) => {
@@ -452,9 +468,18 @@ impl Queue {
         }
     }
 
+    /// The deadline for authentication, while the queue must still authenticate.
+    fn pending_auth_deadline(&self) -> Option<Instant> {
+        let gate = self.ctx.as_ref()?.auth.as_ref()?;
+        if gate.is_authenticated() { None } else { self.auth_deadline }
+    }
+
     /// The earliest time by which the host must have sent something, and what for.
     fn deadline(&self) -> Option<(Instant, Timeout)> {
-        let connect = self.ctx.is_none().then_some((self.connect_deadline, Timeout::Connect));
+        let connect = match self.pending_auth_deadline() {
+            Some(at) => Some((at, Timeout::Auth)),
+            None => self.ctx.is_none().then_some((self.connect_deadline, Timeout::Connect)),
+        };
         let data = self.pending.values().map(|p| p.deadline).min().map(|d| (d, Timeout::Data));
         match (connect, data) {
             (Some(c), Some(d)) => Some(if d.0 < c.0 { d } else { c }),
@@ -465,21 +490,35 @@ impl Queue {
     /// Reads and handles one PDU. `Ok(false)` when the host asked to end the connection.
     async fn read_one(&mut self, rd: &mut BufReader<OwnedReadHalf>) -> Result<bool, Stop> {
         self.wait_for_budget().await;
-        let mut chb = [0u8; COMMON_HEADER_LEN];
-        match self.deadline() {
-            Some((at, why)) => match tokio::time::timeout_at(at, rd.read_exact(&mut chb)).await {
-                Ok(r) => {
-                    r?;
-                }
-                Err(_) => return Err(Stop::Timeout(why)),
-            },
-            None => {
-                rd.read_exact(&mut chb).await?;
+        // A host that keeps sending (refused) commands still has to authenticate in time.
+        if self.pending_auth_deadline().is_some_and(|at| at <= Instant::now()) {
+            return Err(Stop::Timeout(Timeout::Auth));
+        }
+        // Wait for the next PDU to start (`fill_buf` consumes nothing, so a wait cut short by
+        // a deadline loses no bytes).
+        loop {
+            let available = match self.deadline() {
+                Some((at, why)) => match tokio::time::timeout_at(at, rd.fill_buf()).await {
+                    Ok(r) => !r?.is_empty(),
+                    // The queue authenticated while this wait was armed with its deadline.
+                    Err(_) if why == Timeout::Auth && self.pending_auth_deadline().is_none() => continue,
+                    Err(_) => return Err(Stop::Timeout(why)),
+                },
+                None => !rd.fill_buf().await?.is_empty(),
+            };
+            if !available {
+                return Err(Stop::Closed);
             }
+            break;
         }
         // Once a PDU has started, the rest of it must follow.
         let data_timeout = self.shared.options.data_timeout;
-        match tokio::time::timeout(data_timeout, self.read_rest(chb, rd)).await {
+        let pdu = async {
+            let mut chb = [0u8; COMMON_HEADER_LEN];
+            rd.read_exact(&mut chb).await?;
+            self.read_rest(chb, rd).await
+        };
+        match tokio::time::timeout(data_timeout, pdu).await {
             Ok(r) => r,
             Err(_) => Err(Stop::Timeout(Timeout::Data)),
         }
@@ -752,6 +791,16 @@ impl Queue {
                 let mut cqe = Cqe::new(sqe.cid, Status::SUCCESS);
                 cqe.result = u32::from(bound.controller.cntlid);
                 cqe.sqid = bound.qid;
+                // A host with DH-HMAC-CHAP keys must authenticate this queue before anything
+                // else (ATR in the Connect response, as the Linux host expects).
+                let keys =
+                    bound.controller.subsystem.as_ref().and_then(|s| self.shared.host_keys(s, &bound.controller.hostnqn));
+                let auth = keys.map(|k| {
+                    cqe.result |= CONNECT_AUTHREQ_ATR;
+                    self.auth_deadline = Some(Instant::now() + self.shared.options.auth_timeout);
+                    debug!(peer = %self.peer, qid = bound.qid, "queue must authenticate (DH-HMAC-CHAP)");
+                    Arc::new(AuthGate::new(k, &bound.controller.hostnqn, &bound.controller.subnqn, bound.qid))
+                });
                 self.ctx = Some(Arc::new(QueueCtx {
                     shared: self.shared.clone(),
                     controller: bound.controller,
@@ -759,6 +808,7 @@ impl Queue {
                     qid: bound.qid,
                     sq_flow_disabled: bound.sq_flow_disabled,
                     local: self.local,
+                    auth,
                 }));
                 let _ = self.tx.send(Outgoing::Response(cqe)).await;
             }
@@ -804,8 +854,17 @@ async fn read_data_digest(rd: &mut BufReader<OwnedReadHalf>, lay: &PduLayout, da
 
 /// Executes a command and queues its reply; the command's slot travels with the reply.
 async fn execute(ctx: Arc<QueueCtx>, sqe: Sqe, data: Option<IoBuf>, slot: Slot) {
-    let outcome =
-        if ctx.is_admin() { admin::execute(&ctx, &sqe, data).await } else { io::execute(&ctx, &sqe, data).await };
+    let mut close = false;
+    let outcome = match &ctx.auth {
+        Some(gate) if is_auth_command(&sqe) => {
+            let o = dhchap::execute(gate, &sqe, data).await;
+            close = o.close;
+            Outcome::Reply(o.reply)
+        }
+        Some(gate) if !gate.is_authenticated() => Status::AUTH_REQUIRED.into(),
+        _ if ctx.is_admin() => admin::execute(&ctx, &sqe, data).await,
+        _ => io::execute(&ctx, &sqe, data).await,
+    };
     let Outcome::Reply(reply) = outcome else {
         // A parked AER is not counted: its completion may come much later, or never.
         drop(slot);
@@ -837,6 +896,10 @@ async fn execute(ctx: Arc<QueueCtx>, sqe: Sqe, data: Option<IoBuf>, slot: Slot) 
     // The slot stays counted until the writer has put the reply on the socket: a host that
     // stops reading holds at most its queue size of commands, and its budget of data.
     let _ = ctx.tx.send(msg).await;
+    if close {
+        // A failed authentication ends the connection once its last message is out.
+        let _ = ctx.tx.send(Outgoing::Close).await;
+    }
 }
 
 /// What the writer needs besides the socket: the budget (to tell whether more replies are

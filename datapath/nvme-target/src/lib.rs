@@ -14,8 +14,13 @@
 //! the target stops reading from that host, and a host that does not drain its socket is
 //! disconnected); every wait on a peer has a timeout; connections are limited in total and
 //! per peer address.
+//!
+//! Hosts given DH-HMAC-CHAP keys ([`DhchapKeys`], set with [`Target::add_subsystem_with_keys`]
+//! or [`Target::set_host_keys`]) must authenticate each queue in band (`auth`) before any
+//! other command; hosts without keys are admitted by the access list alone.
 
 mod admin;
+mod auth;
 mod connection;
 mod controller;
 mod discovery;
@@ -29,6 +34,7 @@ mod running;
 pub mod stats;
 mod subsystem;
 
+pub use auth::{DhchapKeys, HostKeys};
 pub use error::TargetError;
 pub use options::TargetOptions;
 pub use registry::{NamespaceInfo, SubsystemInfo, Target};

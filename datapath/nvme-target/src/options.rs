@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use crate::auth::HostKeys;
+
 /// Limits and timings of the target. The defaults suit the Linux host and the benchmark.
 #[derive(Clone, Debug)]
 pub struct TargetOptions {
@@ -41,12 +43,19 @@ pub struct TargetOptions {
     pub ic_timeout: Duration,
     /// How long an initialized connection may take to bind a queue with a successful Connect.
     pub connect_timeout: Duration,
+    /// How long a queue that must authenticate (DH-HMAC-CHAP) may take, from its Connect
+    /// response to the end of the transaction; past it the connection is closed.
+    pub auth_timeout: Duration,
     /// How long the host may take to send the data an R2T asked for, and to finish a PDU
     /// whose header has arrived.
     pub data_timeout: Duration,
     /// How long a write to a host's socket may make no progress (the host does not read)
     /// before the connection is closed.
     pub drain_timeout: Duration,
+    /// DH-HMAC-CHAP keys of hosts that must authenticate on every subsystem of the target
+    /// (a subsystem's own keys for a host take precedence); replaced at run time with
+    /// [`crate::Target::set_default_host_keys`].
+    pub host_keys: HostKeys,
 }
 
 impl Default for TargetOptions {
@@ -66,8 +75,10 @@ impl Default for TargetOptions {
             max_connections_per_address: 128,
             ic_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
+            auth_timeout: Duration::from_secs(10),
             data_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
+            host_keys: HostKeys::new(),
         }
     }
 }

@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tracing::{info, warn};
 
+use crate::auth::{DhchapKeys, HostKeys};
 use crate::connection;
 use crate::controller::Controller;
 use crate::error::TargetError;
@@ -38,6 +39,8 @@ pub(crate) struct Shared {
     per_address: Mutex<HashMap<IpAddr, usize>>,
     idle: Notify,
     pub stats: TargetStats,
+    /// DH-HMAC-CHAP keys that apply on every subsystem (from `TargetOptions::host_keys`).
+    default_keys: RwLock<HostKeys>,
 }
 
 /// Why a connection was refused at accept.
@@ -62,6 +65,12 @@ impl Drop for ConnectionPermit {
 impl Shared {
     pub fn subsystem(&self, nqn: &str) -> Option<Arc<Subsystem>> {
         self.subsystems.read().ok()?.get(nqn).cloned()
+    }
+
+    /// The DH-HMAC-CHAP keys `hostnqn` must authenticate with on `sub`: the subsystem's own,
+    /// else the target-wide ones; `None` if the host need not authenticate.
+    pub fn host_keys(&self, sub: &Subsystem, hostnqn: &str) -> Option<DhchapKeys> {
+        sub.host_keys(hostnqn).or_else(|| self.default_keys.read().ok()?.get(hostnqn).cloned())
     }
 
     pub fn subsystems(&self) -> Vec<Arc<Subsystem>> {
@@ -138,6 +147,8 @@ impl Shared {
 pub struct SubsystemInfo {
     pub nqn: String,
     pub hosts: HostAccess,
+    /// Hosts that must authenticate with DH-HMAC-CHAP (their keys are not reported).
+    pub authenticated_hosts: Vec<String>,
     pub controllers: usize,
     pub namespaces: Vec<NamespaceInfo>,
 }
@@ -159,8 +170,10 @@ pub struct Target {
 impl Target {
     pub fn new(options: TargetOptions) -> Arc<Target> {
         let (shutdown, _) = watch::channel(false);
+        let default_keys = RwLock::new(options.host_keys.clone());
         Arc::new(Target {
             shared: Arc::new(Shared {
+                default_keys,
                 options,
                 subsystems: RwLock::new(HashMap::new()),
                 listeners: Mutex::new(Vec::new()),
@@ -182,7 +195,16 @@ impl Target {
     /// Adds a subsystem. Fails, changing nothing, on a bad NQN, a duplicate, or bad
     /// namespaces.
     pub fn add_subsystem(&self, cfg: SubsystemConfig) -> Result<(), TargetError> {
+        self.add_subsystem_with_keys(cfg, HostKeys::new())
+    }
+
+    /// Adds a subsystem whose hosts in `keys` must authenticate with DH-HMAC-CHAP. The keys
+    /// are in place before the subsystem is reachable.
+    pub fn add_subsystem_with_keys(&self, cfg: SubsystemConfig, keys: HostKeys) -> Result<(), TargetError> {
         nqn::validate(&cfg.nqn)?;
+        for h in keys.keys() {
+            nqn::validate(h)?;
+        }
         if cfg.nqn == DISCOVERY_NQN {
             return Err(TargetError::ReservedNqn(cfg.nqn));
         }
@@ -193,6 +215,8 @@ impl Target {
         }
         let sub =
             Subsystem::new(&cfg).map_err(|reason| TargetError::InvalidNamespace { nqn: cfg.nqn.clone(), reason })?;
+        let authenticated = keys.len();
+        let _ = sub.set_host_keys(keys);
         {
             let mut map = self.shared.subsystems.write().map_err(|_| TargetError::SubsystemExists(cfg.nqn.clone()))?;
             if map.contains_key(&cfg.nqn) {
@@ -201,7 +225,7 @@ impl Target {
             map.insert(cfg.nqn.clone(), Arc::new(sub));
         }
         self.shared.bump();
-        info!(nqn = %cfg.nqn, namespaces = cfg.namespaces.len(), hosts = ?cfg.hosts, "subsystem added");
+        info!(nqn = %cfg.nqn, namespaces = cfg.namespaces.len(), hosts = ?cfg.hosts, authenticated, "subsystem added");
         Ok(())
     }
 
@@ -241,6 +265,50 @@ impl Target {
         Ok(())
     }
 
+    /// Replaces the DH-HMAC-CHAP keys of a subsystem's hosts. Connected hosts whose keys
+    /// changed (given, removed or replaced) are disconnected: they reconnect, and authenticate
+    /// with the new keys if they have any.
+    pub fn set_host_keys(&self, nqn: &str, keys: HostKeys) -> Result<(), TargetError> {
+        for h in keys.keys() {
+            nqn::validate(h)?;
+        }
+        let sub = self.shared.subsystem(nqn).ok_or_else(|| TargetError::SubsystemNotFound(nqn.to_string()))?;
+        let old = sub.set_host_keys(keys);
+        for c in sub.controllers() {
+            if old.get(&c.hostnqn) != sub.host_keys(&c.hostnqn).as_ref() {
+                c.shutdown("host DH-HMAC-CHAP keys changed");
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the target-wide DH-HMAC-CHAP keys (those that apply on every subsystem).
+    /// Connected hosts whose keys changed on some subsystem are disconnected.
+    pub fn set_default_host_keys(&self, keys: HostKeys) -> Result<(), TargetError> {
+        for h in keys.keys() {
+            nqn::validate(h)?;
+        }
+        let before: Vec<_> = self
+            .shared
+            .subsystems()
+            .into_iter()
+            .flat_map(|s| s.controllers().into_iter().map(move |c| (s.clone(), c)))
+            .map(|(s, c)| {
+                let k = self.shared.host_keys(&s, &c.hostnqn);
+                (s, c, k)
+            })
+            .collect();
+        if let Ok(mut k) = self.shared.default_keys.write() {
+            *k = keys;
+        }
+        for (s, c, old) in before {
+            if self.shared.host_keys(&s, &c.hostnqn) != old {
+                c.shutdown("host DH-HMAC-CHAP keys changed");
+            }
+        }
+        Ok(())
+    }
+
     /// Adds (or replaces) a namespace of a subsystem; connected hosts get an event.
     pub fn add_namespace(&self, nqn: &str, ns: NamespaceConfig) -> Result<(), TargetError> {
         let sub = self.shared.subsystem(nqn).ok_or_else(|| TargetError::SubsystemNotFound(nqn.to_string()))?;
@@ -277,6 +345,15 @@ impl Target {
             .map(|s| SubsystemInfo {
                 nqn: s.nqn.clone(),
                 hosts: s.hosts(),
+                authenticated_hosts: {
+                    let mut h = s.authenticated_hosts();
+                    if let Ok(k) = self.shared.default_keys.read() {
+                        h.extend(k.keys().filter(|n| s.allows(n)).cloned());
+                    }
+                    h.sort();
+                    h.dedup();
+                    h
+                },
                 controllers: s.controllers().len(),
                 namespaces: s
                     .namespaces()

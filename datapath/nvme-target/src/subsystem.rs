@@ -1,11 +1,13 @@
-//! Subsystems: an NQN, the hosts allowed to connect, the namespaces it exposes, and the
-//! controllers currently associated with it.
+//! Subsystems: an NQN, the hosts allowed to connect (and the DH-HMAC-CHAP keys of those that
+//! must authenticate), the namespaces it exposes, and the controllers currently associated
+//! with it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use ferrite_block::BlockDevice;
 
+use crate::auth::{DhchapKeys, HostKeys};
 use crate::controller::Controller;
 use crate::identity;
 use crate::stats::NamespaceStats;
@@ -66,6 +68,8 @@ pub struct Subsystem {
     pub nqn: String,
     pub serial: String,
     hosts: RwLock<HostAccess>,
+    /// DH-HMAC-CHAP keys of the hosts that must authenticate.
+    keys: RwLock<HostKeys>,
     namespaces: RwLock<BTreeMap<u32, Arc<Namespace>>>,
     controllers: Mutex<ControllerTable>,
 }
@@ -94,6 +98,7 @@ impl Subsystem {
             nqn: cfg.nqn.clone(),
             serial: identity::serial(&cfg.nqn),
             hosts: RwLock::new(cfg.hosts.clone()),
+            keys: RwLock::new(HostKeys::new()),
             namespaces: RwLock::new(namespaces),
             controllers: Mutex::new(ControllerTable { next_cntlid: 1, live: HashMap::new() }),
         })
@@ -111,6 +116,24 @@ impl Subsystem {
 
     pub fn allows(&self, hostnqn: &str) -> bool {
         self.hosts.read().map(|h| h.allows(hostnqn)).unwrap_or(false)
+    }
+
+    /// The DH-HMAC-CHAP keys of `hostnqn`, if that host must authenticate.
+    pub fn host_keys(&self, hostnqn: &str) -> Option<DhchapKeys> {
+        self.keys.read().map(|k| k.get(hostnqn).cloned()).unwrap_or(None)
+    }
+
+    /// The hosts that must authenticate.
+    pub fn authenticated_hosts(&self) -> Vec<String> {
+        self.keys.read().map(|k| k.keys().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Replaces the keys; returns the previous ones.
+    pub fn set_host_keys(&self, keys: HostKeys) -> HostKeys {
+        match self.keys.write() {
+            Ok(mut k) => std::mem::replace(&mut *k, keys),
+            Err(_) => HostKeys::new(),
+        }
     }
 
     pub fn hosts(&self) -> HostAccess {

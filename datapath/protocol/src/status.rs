@@ -64,6 +64,8 @@ impl Status {
     pub const CONNECT_INVALID_PARAMETERS: Status = Status::specific(0x82);
     pub const CONNECT_RESTART_DISCOVERY: Status = Status::specific(0x83);
     pub const CONNECT_INVALID_HOST: Status = Status::specific(0x84);
+    /// The queue must complete in-band authentication before this command.
+    pub const AUTH_REQUIRED: Status = Status::specific(0x91);
 
     pub const WRITE_FAULT: Status = Status::new(sct::MEDIA, 0x80, false);
     pub const UNRECOVERED_READ_ERROR: Status = Status::new(sct::MEDIA, 0x81, false);
@@ -123,6 +125,7 @@ impl Status {
             (1, 0x82) => "connect: invalid parameters",
             (1, 0x83) => "connect: restart discovery",
             (1, 0x84) => "connect: invalid host",
+            (1, 0x91) => "authentication required",
             (2, 0x80) => "write fault",
             (2, 0x81) => "unrecovered read error",
             (2, 0x85) => "compare failure",

@@ -71,12 +71,17 @@ pub struct Storage {
     pub pending: Mutex<Vec<(Uuid, String)>>,
 }
 
-/// How this node identifies itself to other nodes' replicas.
+/// How this node identifies itself to other nodes' replicas (host NQN and ID, and the
+/// DH-HMAC-CHAP secrets of `node:` for targets that ask for authentication).
 pub fn host_options(cfg: &Config) -> HostOptions {
     let name = node_name(cfg);
     let hostnqn = cfg.node.hostnqn.clone().unwrap_or_else(|| config::node_hostnqn(&name));
     let hostid = *Uuid::new_v5(&Uuid::NAMESPACE_OID, hostnqn.as_bytes()).as_bytes();
+    // Checked by `Config::validate`; a secret that does not parse is not used.
+    let (dhchap_secret, dhchap_ctrl_secret) = cfg.node.own_secrets().unwrap_or_default();
     HostOptions {
+        dhchap_secret,
+        dhchap_ctrl_secret,
         hostnqn,
         hostid,
         io_queues: 2,

@@ -411,12 +411,16 @@ impl Storage {
         Ok(serde_json::json!({ "volume": uuid.to_string(), "identical": identical, "pairs": pairs }))
     }
 
-    /// Applies a changed configuration file to its volumes: replicas no longer listed leave
+    /// Applies a changed configuration file to its volumes and to the DH-HMAC-CHAP keys of
+    /// `node.dhchap_hosts`: replicas no longer listed leave
     /// their mirror, newly listed ones join it (and are rebuilt), new volumes are built.
     /// Pools and replicas themselves are set up at start only; volumes created through the
     /// node API are left alone.
     pub async fn reconfigure(self: &Arc<Self>, cfg: &Config) -> Result<()> {
         let _change = self.changes.lock().await;
+        // The hosts that must authenticate (node.dhchap_hosts): hosts whose keys changed are
+        // disconnected and reconnect with the new ones.
+        self.target.set_default_host_keys(cfg.node.host_keys()?).context("node.dhchap_hosts")?;
         for v in &cfg.volumes {
             let uuid = config::parse_uuid("volume uuid", &v.uuid)?;
             let Some(rec) = self.record(uuid) else {
