@@ -50,3 +50,18 @@ pub async fn connect(endpoint: &str) -> Result<tonic::transport::Channel, String
         .await
         .map_err(|e| format!("connecting to {endpoint}: {e}"))
 }
+
+/// A CSI Controller client on the operator's `tcp://127.0.0.1:PORT` endpoint, waiting up to
+/// 20 s for it to listen.
+pub async fn controller_client(
+    port: u16,
+) -> ferrite_api::csi::v1::controller_client::ControllerClient<tonic::transport::Channel> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        match ferrite_api::csi::v1::controller_client::ControllerClient::connect(format!("http://127.0.0.1:{port}")).await {
+            Ok(c) => return c,
+            Err(e) if std::time::Instant::now() > deadline => panic!("CSI endpoint: {e}"),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+        }
+    }
+}

@@ -280,16 +280,7 @@ fn csi_controller_as_the_sidecars_drive_it() {
     for n in ["a", "b", "c"] {
         wait_eq(&bed, "fnode", n, "{.status.phase}", "Ready", 30);
     }
-    let mut c = nodes.rt.block_on(async {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            match ControllerClient::connect(format!("http://127.0.0.1:{port}")).await {
-                Ok(c) => break c,
-                Err(e) if Instant::now() > deadline => panic!("CSI endpoint: {e}"),
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-            }
-        }
-    });
+    let mut c = nodes.rt.block_on(ferrite_e2e::csi::controller_client(port));
 
     // What the node plugins registered (NodeGetInfo): the node key and the zone.
     let topo: BTreeMap<String, Segments> = [("a", "z1"), ("b", "z1"), ("c", "z2")]

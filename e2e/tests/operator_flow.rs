@@ -15,12 +15,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferrite_api::csi::v1 as csi;
-use ferrite_api::csi::v1::controller_client::ControllerClient;
 use ferrite_api::csi::v1::controller_service_capability::rpc;
 use ferrite_api::csi::v1::volume_capability::{AccessMode, AccessType, BlockVolume, access_mode::Mode};
 use ferrite_api::node::v1 as pb;
 use ferrite_block::{BlockDevice, IoBuf};
 use ferrite_e2e::api_node::ApiNode;
+use ferrite_e2e::csi::controller_client as csi_client;
 use ferrite_e2e::kube::{KubeBed, OperatorProcess, operator_binary};
 use ferrite_host::{Controller, HostOptions, RemoteNamespace};
 
@@ -58,18 +58,6 @@ async fn wait_eq(bed: &Arc<KubeBed>, kind: &str, name: &str, path: &str, want: &
             panic!("{kind}/{name} {path}: want {want:?}, got {got:?} after {secs}s\n{logs}");
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
-
-/// A CSI Controller client on the operator's endpoint (waits for it to listen).
-async fn csi_client(port: u16) -> ControllerClient<tonic::transport::Channel> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match ControllerClient::connect(format!("http://127.0.0.1:{port}")).await {
-            Ok(c) => return c,
-            Err(e) if Instant::now() > deadline => panic!("CSI endpoint: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
     }
 }
 
@@ -133,16 +121,7 @@ async fn operator_flow_with_real_datapaths() {
     wait_eq(&bed, "fnode", "b", "{.status.phase}", "Ready", 30).await;
 
     // CSI CreateVolume over the operator's endpoint.
-    let mut c = {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            match ControllerClient::connect(format!("http://127.0.0.1:{port}")).await {
-                Ok(c) => break c,
-                Err(e) if Instant::now() > deadline => panic!("CSI endpoint: {e}"),
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-            }
-        }
-    };
+    let mut c = csi_client(port).await;
     let cap = csi::VolumeCapability {
         access_mode: Some(AccessMode { mode: Mode::SingleNodeWriter as i32 }),
         access_type: Some(AccessType::Block(BlockVolume {})),

@@ -24,13 +24,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ferrite_api::csi::v1 as csi;
-use ferrite_api::csi::v1::controller_client::ControllerClient;
 use ferrite_api::csi::v1::volume_capability::{
     AccessMode, AccessType, BlockVolume, access_mode::Mode,
 };
 use ferrite_api::node::v1 as pb;
 use ferrite_block::{BlockDevice, IoBuf};
 use ferrite_e2e::api_node::ApiNode;
+use ferrite_e2e::csi::controller_client as csi_client;
 use ferrite_e2e::kube::{KubeBed, OperatorProcess, operator_binary};
 use ferrite_host::{Controller, HostOptions, RemoteNamespace};
 use serde_json::Value;
@@ -274,17 +274,6 @@ async fn connect(ctx: &HashMap<String, String>) -> (Arc<Controller>, RemoteNames
         .await
         .expect("namespace");
     (ctrl, ns)
-}
-
-async fn csi_client(port: u16) -> ControllerClient<tonic::transport::Channel> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match ControllerClient::connect(format!("http://127.0.0.1:{port}")).await {
-            Ok(c) => return c,
-            Err(e) if Instant::now() > deadline => panic!("CSI endpoint: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
