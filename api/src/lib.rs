@@ -44,11 +44,13 @@ mod tests {
             volume_id: "v".into(),
             staging_target_path: "/s".into(),
             volume_capability: Some(VolumeCapability {
-                access_type: Some(volume_capability::AccessType::Mount(volume_capability::MountVolume {
-                    fs_type: "ext4".into(),
-                    mount_flags: vec![],
-                    volume_mount_group: String::new(),
-                })),
+                access_type: Some(volume_capability::AccessType::Mount(
+                    volume_capability::MountVolume {
+                        fs_type: "ext4".into(),
+                        mount_flags: vec![],
+                        volume_mount_group: String::new(),
+                    },
+                )),
                 access_mode: Some(volume_capability::AccessMode {
                     mode: volume_capability::access_mode::Mode::SingleNodeWriter as i32,
                 }),
@@ -68,15 +70,34 @@ mod tests {
 
     #[test]
     fn node_publish_and_info_field_numbers() {
-        let req = NodePublishVolumeRequest { target_path: "/t".into(), readonly: true, ..Default::default() };
+        let req = NodePublishVolumeRequest {
+            target_path: "/t".into(),
+            readonly: true,
+            ..Default::default()
+        };
         assert_eq!(req.encode_to_vec(), vec![0x22, 2, b'/', b't', 0x30, 1]);
-        let info = NodeGetInfoResponse { node_id: "n".into(), max_volumes_per_node: 7, accessible_topology: None };
+        let info = NodeGetInfoResponse {
+            node_id: "n".into(),
+            max_volumes_per_node: 7,
+            accessible_topology: None,
+        };
         assert_eq!(info.encode_to_vec(), vec![0x0a, 1, b'n', 0x10, 7]);
         let probe = ProbeResponse { ready: Some(true) };
         assert_eq!(probe.encode_to_vec(), vec![0x0a, 2, 0x08, 1]);
-        let usage = VolumeUsage { available: 1, total: 2, used: 3, unit: volume_usage::Unit::Inodes as i32 };
-        assert_eq!(usage.encode_to_vec(), vec![0x08, 1, 0x10, 2, 0x18, 3, 0x20, 2]);
-        let exp = NodeExpandVolumeRequest { staging_target_path: "/s".into(), ..Default::default() };
+        let usage = VolumeUsage {
+            available: 1,
+            total: 2,
+            used: 3,
+            unit: volume_usage::Unit::Inodes as i32,
+        };
+        assert_eq!(
+            usage.encode_to_vec(),
+            vec![0x08, 1, 0x10, 2, 0x18, 3, 0x20, 2]
+        );
+        let exp = NodeExpandVolumeRequest {
+            staging_target_path: "/s".into(),
+            ..Default::default()
+        };
         assert_eq!(exp.encode_to_vec(), vec![0x22, 2, b'/', b's']);
     }
 }

@@ -68,7 +68,9 @@ pub struct Pki {
 
 impl std::fmt::Debug for Pki {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pki").field("ca_cert", &self.ca_cert).finish_non_exhaustive()
+        f.debug_struct("Pki")
+            .field("ca_cert", &self.ca_cert)
+            .finish_non_exhaustive()
     }
 }
 
@@ -82,7 +84,8 @@ impl Pki {
         };
         let mut ca = CertificateParams::new(Vec::<String>::new())?;
         ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        ca.distinguished_name.push(DnType::CommonName, "ferrite node API CA");
+        ca.distinguished_name
+            .push(DnType::CommonName, "ferrite node API CA");
         ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let ca_key = KeyPair::generate()?;
         let ca_cert = ca.self_signed(&ca_key)?;
@@ -102,9 +105,18 @@ impl Pki {
             NODE_SERVER_NAME,
             ExtendedKeyUsagePurpose::ServerAuth,
         )?;
-        let (client_cert, client_key) =
-            leaf(Vec::new(), "ferrite-operator", ExtendedKeyUsagePurpose::ClientAuth)?;
-        Ok(Pki { ca_cert: ca_cert.pem(), node_cert, node_key, client_cert, client_key })
+        let (client_cert, client_key) = leaf(
+            Vec::new(),
+            "ferrite-operator",
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )?;
+        Ok(Pki {
+            ca_cert: ca_cert.pem(),
+            node_cert,
+            node_key,
+            client_cert,
+            client_key,
+        })
     }
 
     /// The files by name, as a Secret's data holds them.
@@ -148,14 +160,20 @@ impl Pki {
 }
 
 fn file_err(path: &Path, source: std::io::Error) -> TlsError {
-    TlsError::File { path: path.display().to_string(), source }
+    TlsError::File {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 fn read_pem(dir: &Path, name: &str) -> Result<String, TlsError> {
     let path = dir.join(name);
     let text = std::fs::read_to_string(&path).map_err(|e| file_err(&path, e))?;
     if !text.contains("-----BEGIN ") {
-        return Err(TlsError::Invalid(format!("{} holds no PEM block", path.display())));
+        return Err(TlsError::Invalid(format!(
+            "{} holds no PEM block",
+            path.display()
+        )));
     }
     Ok(text)
 }
@@ -185,7 +203,9 @@ pub struct ClientPem {
 
 impl std::fmt::Debug for ClientPem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientPem").field("ca_cert", &self.ca_cert).finish_non_exhaustive()
+        f.debug_struct("ClientPem")
+            .field("ca_cert", &self.ca_cert)
+            .finish_non_exhaustive()
     }
 }
 
@@ -222,13 +242,19 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ferrite-tls-test-{}", std::process::id()));
         pki.write_dir(&dir).expect("write");
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.join(NODE_KEY_FILE)).expect("key").permissions().mode();
+        let mode = std::fs::metadata(dir.join(NODE_KEY_FILE))
+            .expect("key")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o077, 0, "keys are private");
         assert_eq!(ClientPem::from_dir(&dir).expect("client"), pki.client());
         assert!(server_tls(&dir).is_ok());
         std::fs::write(dir.join(CA_FILE), "garbage").expect("overwrite");
         assert!(matches!(server_tls(&dir), Err(TlsError::Invalid(_))));
         let _ = std::fs::remove_dir_all(&dir);
-        assert!(matches!(ClientPem::from_dir(&dir), Err(TlsError::File { .. })));
+        assert!(matches!(
+            ClientPem::from_dir(&dir),
+            Err(TlsError::File { .. })
+        ));
     }
 }

@@ -85,7 +85,11 @@ pub struct Plugin {
 impl Plugin {
     pub fn new(cfg: Config) -> Plugin {
         let state = StateDir::new(cfg.state_dir.clone());
-        Plugin { cfg, state, fabrics_lock: Mutex::new(()) }
+        Plugin {
+            cfg,
+            state,
+            fabrics_lock: Mutex::new(()),
+        }
     }
 
     pub fn fabrics_guard(&self) -> std::sync::MutexGuard<'_, ()> {

@@ -6,7 +6,10 @@ use std::path::Path;
 
 /// Splits a `dev_t` into (major, minor).
 pub fn split(dev: u64) -> (u32, u32) {
-    (libc::major(dev as libc::dev_t), libc::minor(dev as libc::dev_t))
+    (
+        libc::major(dev as libc::dev_t),
+        libc::minor(dev as libc::dev_t),
+    )
 }
 
 /// The (major, minor) of block device node `path`; `None` if it does not exist or is not a
@@ -22,9 +25,15 @@ pub fn block_devno(path: &Path) -> io::Result<Option<(u32, u32)>> {
 
 /// Flushes a block device's dirty buffers (fsync on the device node), best effort.
 pub fn flush(path: &Path) {
-    match std::fs::OpenOptions::new().read(true).open(path).and_then(|f| f.sync_all()) {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .open(path)
+        .and_then(|f| f.sync_all())
+    {
         Ok(()) => tracing::debug!(device = %path.display(), "flushed"),
-        Err(e) => tracing::warn!(device = %path.display(), error = %e, "flushing the device failed"),
+        Err(e) => {
+            tracing::warn!(device = %path.display(), error = %e, "flushing the device failed")
+        }
     }
 }
 

@@ -78,7 +78,11 @@ pub fn run(tool: &Path, args: &[&str], timeout: Duration) -> Result<Output, Node
     let stdout = out_t.join().unwrap_or_default();
     let stderr = err_t.join().unwrap_or_default();
     tracing::debug!(cmd = %shown(), code = ?status.code(), "exec done");
-    Ok(Output { code: status.code(), stdout, stderr })
+    Ok(Output {
+        code: status.code(),
+        stdout,
+        stderr,
+    })
 }
 
 /// Runs a tool and turns a non-zero exit into an internal error quoting its stderr.
@@ -92,7 +96,11 @@ pub fn run_ok(tool: &Path, args: &[&str], timeout: Duration) -> Result<Output, N
             tool.display(),
             args.join(" "),
             out.code,
-            out.stderr.trim().lines().last().unwrap_or(out.stdout.trim())
+            out.stderr
+                .trim()
+                .lines()
+                .last()
+                .unwrap_or(out.stdout.trim())
         )))
     }
 }
@@ -104,16 +112,28 @@ mod tests {
     #[test]
     fn runs_and_times_out() {
         let sh = Path::new("/bin/sh");
-        let o = run(sh, &["-c", "echo out; echo err >&2; exit 3"], Duration::from_secs(10)).unwrap();
+        let o = run(
+            sh,
+            &["-c", "echo out; echo err >&2; exit 3"],
+            Duration::from_secs(10),
+        )
+        .unwrap();
         assert_eq!(o.code, Some(3));
         assert_eq!(o.stdout, "out\n");
         assert_eq!(o.stderr, "err\n");
         assert!(
             matches!(run_ok(sh, &["-c", "echo boom >&2; exit 1"], Duration::from_secs(10)), Err(NodeError::Internal(m)) if m.contains("boom"))
         );
-        assert!(matches!(run(sh, &["-c", "sleep 5"], Duration::from_millis(200)), Err(NodeError::DeadlineExceeded(_))));
         assert!(matches!(
-            run(Path::new("/nonexistent/mkfs.foo"), &[], Duration::from_secs(1)),
+            run(sh, &["-c", "sleep 5"], Duration::from_millis(200)),
+            Err(NodeError::DeadlineExceeded(_))
+        ));
+        assert!(matches!(
+            run(
+                Path::new("/nonexistent/mkfs.foo"),
+                &[],
+                Duration::from_secs(1)
+            ),
             Err(NodeError::FailedPrecondition(_))
         ));
     }

@@ -22,39 +22,65 @@ pub fn expand(p: &Plugin, volume_id: &str, volume_path: &Path, required_bytes: u
                 volume_path.display()
             )));
         }
-        Err(e) => return Err(NodeError::Internal(format!("stat {}: {e}", volume_path.display()))),
+        Err(e) => {
+            return Err(NodeError::Internal(format!(
+                "stat {}: {e}",
+                volume_path.display()
+            )));
+        }
     };
     let (devno, fs) = if meta.file_type().is_block_device() {
         (device::split(meta.rdev()), None)
     } else {
         let table = mount::read_mountinfo(&p.cfg.mountinfo)?;
-        let m = mount::mounts_at(&table, volume_path).last().map(|m| (*m).clone()).ok_or_else(|| {
-            NodeError::FailedPrecondition(format!("volume path {} is not mounted", volume_path.display()))
-        })?;
+        let m = mount::mounts_at(&table, volume_path)
+            .last()
+            .map(|m| (*m).clone())
+            .ok_or_else(|| {
+                NodeError::FailedPrecondition(format!(
+                    "volume path {} is not mounted",
+                    volume_path.display()
+                ))
+            })?;
         let fs = match m.fs_type.as_str() {
             "ext4" | "ext3" | "ext2" => FsType::Ext4,
             "xfs" => FsType::Xfs,
             other => {
-                return Err(NodeError::Unimplemented(format!("cannot grow a {other} filesystem (only ext4 and xfs)")));
+                return Err(NodeError::Unimplemented(format!(
+                    "cannot grow a {other} filesystem (only ext4 and xfs)"
+                )));
             }
         };
         (m.devno, Some(fs))
     };
-    let name = p
+    let name = p.cfg.sysfs.block_name_by_devno(devno).ok_or_else(|| {
+        NodeError::NotFound(format!(
+            "the block device behind {} is gone",
+            volume_path.display()
+        ))
+    })?;
+    let nqn = p.cfg.sysfs.nqn_of_block(&name).ok_or_else(|| {
+        NodeError::FailedPrecondition(format!(
+            "{name} (behind {}) is not an NVMe-oF namespace",
+            volume_path.display()
+        ))
+    })?;
+    let ctrls = p
         .cfg
         .sysfs
-        .block_name_by_devno(devno)
-        .ok_or_else(|| NodeError::NotFound(format!("the block device behind {} is gone", volume_path.display())))?;
-    let nqn = p.cfg.sysfs.nqn_of_block(&name).ok_or_else(|| {
-        NodeError::FailedPrecondition(format!("{name} (behind {}) is not an NVMe-oF namespace", volume_path.display()))
-    })?;
-    let ctrls = p.cfg.sysfs.controllers_of(&nqn).map_err(|e| NodeError::Internal(format!("reading sysfs: {e}")))?;
+        .controllers_of(&nqn)
+        .map_err(|e| NodeError::Internal(format!("reading sysfs: {e}")))?;
     for c in ctrls.iter().filter(|c| c.state == "live") {
         if let Err(e) = p.cfg.sysfs.rescan_controller(&c.name) {
             tracing::warn!(ctrl = %c.name, error = %e, "rescan failed");
         }
     }
-    let size = |n: &str| p.cfg.sysfs.block_size_bytes(n).map_err(|e| NodeError::Internal(format!("size of {n}: {e}")));
+    let size = |n: &str| {
+        p.cfg
+            .sysfs
+            .block_size_bytes(n)
+            .map_err(|e| NodeError::Internal(format!("size of {n}: {e}")))
+    };
     let deadline = Instant::now() + p.cfg.device_timeout;
     let mut bytes = size(&name)?;
     while bytes < required_bytes {

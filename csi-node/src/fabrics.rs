@@ -31,17 +31,39 @@ pub fn parse_portal(s: &str) -> std::result::Result<Portal, String> {
         return Err("empty portal".into());
     }
     if let Ok(sa) = s.parse::<SocketAddr>() {
-        return Ok(Portal { addr: sa.ip(), port: sa.port() });
+        return Ok(Portal {
+            addr: sa.ip(),
+            port: sa.port(),
+        });
     }
-    if let Ok(ip) = s.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
-        return Ok(Portal { addr: ip, port: 4420 });
+    if let Ok(ip) = s
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+    {
+        return Ok(Portal {
+            addr: ip,
+            port: 4420,
+        });
     }
     let (host, port) = match s.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') => (h, p.parse::<u16>().map_err(|_| format!("bad port in portal {s:?}"))?),
+        Some((h, p)) if !h.contains(':') => (
+            h,
+            p.parse::<u16>()
+                .map_err(|_| format!("bad port in portal {s:?}"))?,
+        ),
         None => (s, 4420),
-        _ => return Err(format!("cannot parse portal {s:?} (use HOST:PORT, [IPv6]:PORT)")),
+        _ => {
+            return Err(format!(
+                "cannot parse portal {s:?} (use HOST:PORT, [IPv6]:PORT)"
+            ));
+        }
     };
-    if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c == ',' || c == '/') {
+    if host.is_empty()
+        || host
+            .chars()
+            .any(|c| c.is_whitespace() || c == ',' || c == '/')
+    {
         return Err(format!("bad host in portal {s:?}"));
     }
     let addr = (host, port)
@@ -49,7 +71,10 @@ pub fn parse_portal(s: &str) -> std::result::Result<Portal, String> {
         .map_err(|e| format!("cannot resolve {host:?}: {e}"))?
         .next()
         .ok_or_else(|| format!("{host:?} resolves to no address"))?;
-    Ok(Portal { addr: addr.ip(), port })
+    Ok(Portal {
+        addr: addr.ip(),
+        port,
+    })
 }
 
 /// The host identity presented to targets.
@@ -76,7 +101,11 @@ pub struct ConnectOptions {
 
 /// Whether `v` can be put into the kernel's comma-separated option string.
 fn check_value(what: &str, v: &str) -> Result<()> {
-    if v.is_empty() || v.len() > 223 || v.chars().any(|c| c == ',' || c == '=' || c.is_whitespace() || c.is_control()) {
+    if v.is_empty()
+        || v.len() > 223
+        || v.chars()
+            .any(|c| c == ',' || c == '=' || c.is_whitespace() || c.is_control())
+    {
         return Err(NodeError::InvalidArgument(format!(
             "{what} {v:?} cannot be passed to the kernel (empty, longer than 223 bytes, or has ',', '=' or whitespace)"
         )));
@@ -140,20 +169,31 @@ pub fn matches(c: &Controller, o: &ConnectOptions, host: &HostIdentity) -> bool 
 
 /// Classifies a failed connect write into an actionable error.
 pub fn connect_error(o: &ConnectOptions, host: &HostIdentity, e: &io::Error) -> NodeError {
-    let base = format!("connecting to subsystem {} at {} failed: {e}", o.nqn, o.portal);
+    let base = format!(
+        "connecting to subsystem {} at {} failed: {e}",
+        o.nqn, o.portal
+    );
     match e.raw_os_error() {
         Some(libc::ECONNREFUSED) => NodeError::Unavailable(format!(
             "{base}: nothing listens there; is the Ferrite datapath running on that node and the port right?"
         )),
-        Some(libc::ETIMEDOUT | libc::EHOSTUNREACH | libc::ENETUNREACH | libc::ENETDOWN | libc::EHOSTDOWN) => {
-            NodeError::Unavailable(format!("{base}: the target is unreachable from this node (network, firewall?)"))
-        }
-        // The kernel turns an NVMe error status of the Fabrics Connect into EIO.
-        Some(libc::EIO) | Some(libc::EINVAL) | Some(libc::EPERM) | Some(libc::EACCES) => NodeError::NotFound(format!(
-            "{base}: the target rejected the connection; check that subsystem {} exists on it and that this \
-             node's host NQN {} is on its access list",
-            o.nqn, host.nqn
+        Some(
+            libc::ETIMEDOUT
+            | libc::EHOSTUNREACH
+            | libc::ENETUNREACH
+            | libc::ENETDOWN
+            | libc::EHOSTDOWN,
+        ) => NodeError::Unavailable(format!(
+            "{base}: the target is unreachable from this node (network, firewall?)"
         )),
+        // The kernel turns an NVMe error status of the Fabrics Connect into EIO.
+        Some(libc::EIO) | Some(libc::EINVAL) | Some(libc::EPERM) | Some(libc::EACCES) => {
+            NodeError::NotFound(format!(
+                "{base}: the target rejected the connection; check that subsystem {} exists on it and that this \
+             node's host NQN {} is on its access list",
+                o.nqn, host.nqn
+            ))
+        }
         Some(libc::ENOENT) | Some(libc::ENODEV) => NodeError::FailedPrecondition(format!(
             "{base}: the kernel has no NVMe-oF support loaded (modprobe nvme-tcp)"
         )),
@@ -163,24 +203,40 @@ pub fn connect_error(o: &ConnectOptions, host: &HostIdentity, e: &io::Error) -> 
 
 /// Writes the option string to the fabrics device and returns the new controller's name.
 pub fn write_connect(fabrics_dev: &Path, options: &str) -> io::Result<String> {
-    let mut f = OpenOptions::new().read(true).write(true).open(fabrics_dev)?;
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(fabrics_dev)?;
     f.write_all(options.as_bytes())?;
     let mut reply = String::new();
     f.read_to_string(&mut reply)?;
     parse_connect_reply(&reply).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("unexpected answer from {}: {reply:?}", fabrics_dev.display()),
+            format!(
+                "unexpected answer from {}: {reply:?}",
+                fabrics_dev.display()
+            ),
         )
     })
 }
 
 /// Connects one controller unless a matching one exists. Returns the controller name and
 /// whether this call created it.
-pub fn connect(sysfs: &Sysfs, fabrics_dev: &Path, o: &ConnectOptions, host: &HostIdentity) -> Result<(String, bool)> {
+pub fn connect(
+    sysfs: &Sysfs,
+    fabrics_dev: &Path,
+    o: &ConnectOptions,
+    host: &HostIdentity,
+) -> Result<(String, bool)> {
     let existing = |sysfs: &Sysfs| -> Result<Option<String>> {
-        let ctrls = sysfs.controllers_of(&o.nqn).map_err(|e| NodeError::Internal(format!("reading sysfs: {e}")))?;
-        Ok(ctrls.into_iter().find(|c| matches(c, o, host)).map(|c| c.name))
+        let ctrls = sysfs
+            .controllers_of(&o.nqn)
+            .map_err(|e| NodeError::Internal(format!("reading sysfs: {e}")))?;
+        Ok(ctrls
+            .into_iter()
+            .find(|c| matches(c, o, host))
+            .map(|c| c.name))
     };
     if let Some(name) = existing(sysfs)? {
         tracing::debug!(ctrl = %name, nqn = %o.nqn, portal = %o.portal, "controller already connected");
@@ -210,7 +266,11 @@ pub fn disconnect(sysfs: &Sysfs, name: &str, timeout: Duration) -> Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         // A controller already being deleted refuses a second delete.
         Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
-        Err(e) => return Err(NodeError::Internal(format!("deleting controller {name}: {e}"))),
+        Err(e) => {
+            return Err(NodeError::Internal(format!(
+                "deleting controller {name}: {e}"
+            )));
+        }
     }
     let deadline = Instant::now() + timeout;
     while sysfs.controller_exists(name) {
@@ -252,8 +312,14 @@ mod tests {
 
     #[test]
     fn portals() {
-        assert_eq!(parse_portal("10.0.2.2:4420").unwrap().to_string(), "10.0.2.2:4420");
-        assert_eq!(parse_portal("[fd00::1]:4421").unwrap().to_string(), "[fd00::1]:4421");
+        assert_eq!(
+            parse_portal("10.0.2.2:4420").unwrap().to_string(),
+            "10.0.2.2:4420"
+        );
+        assert_eq!(
+            parse_portal("[fd00::1]:4421").unwrap().to_string(),
+            "[fd00::1]:4421"
+        );
         assert_eq!(parse_portal("10.0.0.1").unwrap().port, 4420);
         assert_eq!(parse_portal("localhost:4420").unwrap().port, 4420);
         assert!(parse_portal("").is_err());
@@ -283,13 +349,22 @@ mod tests {
         assert!(s.ends_with(",nr_io_queues=2,keep_alive_tmo=5,reconnect_delay=2,ctrl_loss_tmo=-1,fast_io_fail_tmo=-1,hdr_digest,data_digest"), "{s}");
         let mut bad = opts();
         bad.nqn = "nqn.a,hostnqn=evil".into();
-        assert!(matches!(option_string(&bad, &host()), Err(NodeError::InvalidArgument(_))));
+        assert!(matches!(
+            option_string(&bad, &host()),
+            Err(NodeError::InvalidArgument(_))
+        ));
     }
 
     #[test]
     fn replies() {
-        assert_eq!(parse_connect_reply("instance=3,cntlid=1\n").as_deref(), Some("nvme3"));
-        assert_eq!(parse_connect_reply("cntlid=1,instance=12").as_deref(), Some("nvme12"));
+        assert_eq!(
+            parse_connect_reply("instance=3,cntlid=1\n").as_deref(),
+            Some("nvme3")
+        );
+        assert_eq!(
+            parse_connect_reply("cntlid=1,instance=12").as_deref(),
+            Some("nvme12")
+        );
         assert_eq!(parse_connect_reply("garbage"), None);
     }
 
@@ -302,7 +377,10 @@ mod tests {
         assert_eq!(code(libc::ETIMEDOUT), tonic::Code::Unavailable);
         assert_eq!(code(libc::EIO), tonic::Code::NotFound);
         let msg = connect_error(&o, &h, &io::Error::from_raw_os_error(libc::EIO)).to_string();
-        assert!(msg.contains(&o.nqn) && msg.contains(&h.nqn) && msg.contains("access list"), "{msg}");
+        assert!(
+            msg.contains(&o.nqn) && msg.contains(&h.nqn) && msg.contains("access list"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -312,13 +390,20 @@ mod tests {
             name: "nvme0".into(),
             subsysnqn: opts().nqn,
             transport: "tcp".into(),
-            address: CtrlAddress { traddr: "10.0.2.2".into(), trsvcid: "4420".into(), ..Default::default() },
+            address: CtrlAddress {
+                traddr: "10.0.2.2".into(),
+                trsvcid: "4420".into(),
+                ..Default::default()
+            },
             state: "live".into(),
             hostnqn: Some(host().nqn),
         };
         assert!(matches(&c, &opts(), &host()));
         c.state = "connecting".into();
-        assert!(matches(&c, &opts(), &host()), "a reconnecting controller is still ours");
+        assert!(
+            matches(&c, &opts(), &host()),
+            "a reconnecting controller is still ours"
+        );
         c.state = "deleting".into();
         assert!(!matches(&c, &opts(), &host()));
         c.state = "live".into();

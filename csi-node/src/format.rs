@@ -53,9 +53,9 @@ impl FsType {
         match s.trim() {
             "" | "ext4" => Ok(FsType::Ext4),
             "xfs" => Ok(FsType::Xfs),
-            other => {
-                Err(NodeError::InvalidArgument(format!("filesystem type {other:?} is not supported (use ext4 or xfs)")))
-            }
+            other => Err(NodeError::InvalidArgument(format!(
+                "filesystem type {other:?} is not supported (use ext4 or xfs)"
+            ))),
         }
     }
 
@@ -84,7 +84,9 @@ pub fn parse_blkid_export(out: &str) -> Probe {
     let mut usage = None;
     let mut pt = None;
     for line in out.lines() {
-        let Some((k, v)) = line.split_once('=') else { continue };
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
         let v = v.trim().trim_matches('"').to_string();
         match k.trim() {
             "TYPE" => fs_type = Some(v),
@@ -109,7 +111,11 @@ pub fn probe(tools: &Tools, dev: &Path) -> Result<Probe> {
 }
 
 /// [`probe`], with `readable` checking that the device can be read.
-fn probe_with(tools: &Tools, dev: &Path, readable: impl Fn(&Path) -> io::Result<()>) -> Result<Probe> {
+fn probe_with(
+    tools: &Tools,
+    dev: &Path,
+    readable: impl Fn(&Path) -> io::Result<()>,
+) -> Result<Probe> {
     if let Some(found) = blkid(tools, dev)? {
         return Ok(found);
     }
@@ -154,7 +160,10 @@ pub fn check_readable(dev: &Path) -> io::Result<()> {
     let mut f = std::fs::File::open(dev)?;
     let size = io::Seek::seek(&mut f, io::SeekFrom::End(0))?;
     if size == 0 {
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "it reports a size of 0"));
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "it reports a size of 0",
+        ));
     }
     let len = size.min(ENDS);
     let mut buf = vec![0u8; len as usize];
@@ -169,7 +178,12 @@ pub fn ensure_filesystem(tools: &Tools, fs: FsType, dev: &Path) -> Result<bool> 
     ensure_with(tools, fs, dev, check_readable)
 }
 
-fn ensure_with(tools: &Tools, fs: FsType, dev: &Path, readable: impl Fn(&Path) -> io::Result<()>) -> Result<bool> {
+fn ensure_with(
+    tools: &Tools,
+    fs: FsType,
+    dev: &Path,
+    readable: impl Fn(&Path) -> io::Result<()>,
+) -> Result<bool> {
     match probe_with(tools, dev, readable)? {
         Probe::Blank => {
             mkfs(tools, fs, dev)?;
@@ -206,7 +220,11 @@ pub fn grow(tools: &Tools, fs: FsType, dev: &Path, mount_point: &Path) -> Result
     tracing::info!(device = %dev.display(), mount_point = %mount_point.display(), fs = fs.name(), "growing filesystem");
     match fs {
         FsType::Ext4 => exec::run_ok(&tools.resize2fs, &[&dev.to_string_lossy()], tools.timeout)?,
-        FsType::Xfs => exec::run_ok(&tools.xfs_growfs, &[&mount_point.to_string_lossy()], tools.timeout)?,
+        FsType::Xfs => exec::run_ok(
+            &tools.xfs_growfs,
+            &[&mount_point.to_string_lossy()],
+            tools.timeout,
+        )?,
     };
     Ok(())
 }
@@ -224,19 +242,28 @@ mod tests {
             ),
             Probe::Filesystem("ext4".into())
         );
-        assert_eq!(parse_blkid_export("TYPE=xfs\n"), Probe::Filesystem("xfs".into()));
+        assert_eq!(
+            parse_blkid_export("TYPE=xfs\n"),
+            Probe::Filesystem("xfs".into())
+        );
         assert_eq!(
             parse_blkid_export("DEVNAME=/dev/sda\nPTUUID=x\nPTTYPE=gpt\n"),
             Probe::Other("partition table gpt".into())
         );
-        assert_eq!(parse_blkid_export("TYPE=LVM2_member\nUSAGE=raid\n"), Probe::Other("LVM2_member (raid)".into()));
+        assert_eq!(
+            parse_blkid_export("TYPE=LVM2_member\nUSAGE=raid\n"),
+            Probe::Other("LVM2_member (raid)".into())
+        );
     }
 
     #[test]
     fn fs_types() {
         assert_eq!(FsType::parse("").unwrap(), FsType::Ext4);
         assert_eq!(FsType::parse("xfs").unwrap(), FsType::Xfs);
-        assert!(matches!(FsType::parse("btrfs"), Err(NodeError::InvalidArgument(_))));
+        assert!(matches!(
+            FsType::parse("btrfs"),
+            Err(NodeError::InvalidArgument(_))
+        ));
     }
 
     /// Writes an executable shell script.
@@ -263,10 +290,21 @@ mod tests {
         );
         let mkfs = |name: &str| {
             let p = dir.join(name);
-            script(&p, &format!("echo \"{name} $*\" >> '{}'\n", dir.join("mkfs.log").display()));
+            script(
+                &p,
+                &format!(
+                    "echo \"{name} $*\" >> '{}'\n",
+                    dir.join("mkfs.log").display()
+                ),
+            );
             p
         };
-        Tools { blkid, mkfs_ext4: mkfs("mkfs.ext4"), mkfs_xfs: mkfs("mkfs.xfs"), ..Tools::default() }
+        Tools {
+            blkid,
+            mkfs_ext4: mkfs("mkfs.ext4"),
+            mkfs_xfs: mkfs("mkfs.xfs"),
+            ..Tools::default()
+        }
     }
 
     fn mkfs_runs(dir: &Path) -> String {
@@ -290,8 +328,13 @@ mod tests {
         let tools = fake_tools(t.path());
         let blank = device(t.path(), "blank.img", 4 << 20);
         assert_eq!(probe(&tools, &blank).unwrap(), Probe::Blank);
-        assert_eq!(probe(&tools, Path::new("ext4")).unwrap(), Probe::Filesystem("ext4".into()));
-        assert!(matches!(probe(&tools, Path::new("x")), Err(NodeError::Internal(m)) if m.contains("oops")));
+        assert_eq!(
+            probe(&tools, Path::new("ext4")).unwrap(),
+            Probe::Filesystem("ext4".into())
+        );
+        assert!(
+            matches!(probe(&tools, Path::new("x")), Err(NodeError::Internal(m)) if m.contains("oops"))
+        );
         // Exit 2 with an error message: blkid could not read it.
         assert!(
             matches!(probe(&tools, Path::new("noisy")), Err(NodeError::FailedPrecondition(m)) if m.contains("Input/output error"))
@@ -304,7 +347,13 @@ mod tests {
         );
         std::fs::create_dir(t.path().join("blank-dir")).unwrap();
         for missing in [t.path().join("blank-gone"), t.path().join("blank-dir")] {
-            assert!(matches!(probe(&tools, &missing), Err(NodeError::FailedPrecondition(_))), "{missing:?}");
+            assert!(
+                matches!(
+                    probe(&tools, &missing),
+                    Err(NodeError::FailedPrecondition(_))
+                ),
+                "{missing:?}"
+            );
         }
     }
 
@@ -316,7 +365,10 @@ mod tests {
         let e = check_readable(&device(t.path(), "empty", 0)).unwrap_err();
         assert!(e.to_string().contains("size of 0"), "{e}");
         assert!(check_readable(&t.path().join("missing")).is_err());
-        assert!(check_readable(t.path()).is_err(), "a folder is not a readable device");
+        assert!(
+            check_readable(t.path()).is_err(),
+            "a folder is not a readable device"
+        );
     }
 
     #[test]
@@ -328,27 +380,44 @@ mod tests {
         // Blank and readable: formatted.
         let blank = device(dir, "blank0.img", 8 << 20);
         assert!(ensure_filesystem(&tools, FsType::Ext4, &blank).unwrap());
-        assert_eq!(mkfs_runs(dir), format!("mkfs.ext4 -F -m0 {}\n", blank.display()));
+        assert_eq!(
+            mkfs_runs(dir),
+            format!("mkfs.ext4 -F -m0 {}\n", blank.display())
+        );
         std::fs::remove_file(dir.join("mkfs.log")).unwrap();
 
         // blkid exits 2 but the device cannot be read: refused, never formatted.
         let e = ensure_with(&tools, FsType::Ext4, &blank, eio).unwrap_err();
         assert!(matches!(e, NodeError::FailedPrecondition(_)), "{e:?}");
-        for unreadable in [device(dir, "blank-empty.img", 0), dir.join("blank-missing.img"), dir.join("noisy.img")] {
+        for unreadable in [
+            device(dir, "blank-empty.img", 0),
+            dir.join("blank-missing.img"),
+            dir.join("noisy.img"),
+        ] {
             let e = ensure_filesystem(&tools, FsType::Xfs, &unreadable).unwrap_err();
-            assert!(matches!(e, NodeError::FailedPrecondition(_)), "{unreadable:?}: {e:?}");
+            assert!(
+                matches!(e, NodeError::FailedPrecondition(_)),
+                "{unreadable:?}: {e:?}"
+            );
         }
 
         // A filesystem: kept, or refused if of another type; never formatted.
         let ext4 = device(dir, "ext4.img", 8 << 20);
         assert!(!ensure_filesystem(&tools, FsType::Ext4, &ext4).unwrap());
         let e = ensure_filesystem(&tools, FsType::Xfs, &ext4).unwrap_err();
-        assert!(matches!(&e, NodeError::FailedPrecondition(m) if m.contains("already holds a ext4")), "{e:?}");
+        assert!(
+            matches!(&e, NodeError::FailedPrecondition(m) if m.contains("already holds a ext4")),
+            "{e:?}"
+        );
 
         // Nothing seen on the first probe, a filesystem once the device was read: kept.
         let flaky = device(dir, "flaky.img", 8 << 20);
         assert!(!ensure_filesystem(&tools, FsType::Ext4, &flaky).unwrap());
 
-        assert_eq!(mkfs_runs(dir), "", "nothing but the blank readable device was formatted");
+        assert_eq!(
+            mkfs_runs(dir),
+            "",
+            "nothing but the blank readable device was formatted"
+        );
     }
 }

@@ -19,14 +19,24 @@ pub fn random_uuid() -> String {
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// Whether `s` looks like a UUID (8-4-4-4-12 hex digits).
 pub fn is_uuid(s: &str) -> bool {
     let parts: Vec<&str> = s.split('-').collect();
     parts.len() == 5
-        && parts.iter().zip([8, 4, 4, 4, 12]).all(|(p, n)| p.len() == n && p.chars().all(|c| c.is_ascii_hexdigit()))
+        && parts
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(p, n)| p.len() == n && p.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
 /// Checks a host NQN: `nqn.` prefix, at most 223 bytes, no whitespace or commas.
@@ -37,7 +47,9 @@ pub fn validate_nqn(s: &str) -> Result<(), String> {
     if s.len() > 223 {
         return Err(format!("{s:?} is longer than 223 bytes"));
     }
-    if s.chars().any(|c| c.is_whitespace() || c == ',' || c.is_control()) {
+    if s.chars()
+        .any(|c| c.is_whitespace() || c == ',' || c.is_control())
+    {
         return Err(format!("{s:?} contains whitespace or a comma"));
     }
     Ok(())
@@ -57,7 +69,12 @@ fn persist(path: &Path, contents: &str) -> io::Result<()> {
 fn read_trimmed(path: &Path) -> io::Result<Option<String>> {
     match fs::read_to_string(path) {
         Ok(s) => {
-            let t = s.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#')).unwrap_or("").to_string();
+            let t = s
+                .lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty() && !l.starts_with('#'))
+                .unwrap_or("")
+                .to_string();
             Ok((!t.is_empty()).then_some(t))
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -68,29 +85,36 @@ fn read_trimmed(path: &Path) -> io::Result<Option<String>> {
 /// Loads the host NQN and ID from `nqn_path` and `id_path`, generating and persisting
 /// whatever is missing. The ID defaults to the NQN's UUID part when it has one.
 pub fn load_or_create(nqn_path: &Path, id_path: &Path) -> Result<HostIdentity, String> {
-    let nqn = match read_trimmed(nqn_path).map_err(|e| format!("reading {}: {e}", nqn_path.display()))? {
-        Some(n) => {
-            validate_nqn(&n).map_err(|e| format!("{}: {e}", nqn_path.display()))?;
-            n
-        }
-        None => {
-            let n = format!("{UUID_PREFIX}{}", random_uuid());
-            persist(nqn_path, &format!("{n}\n")).map_err(|e| format!("writing {}: {e}", nqn_path.display()))?;
-            tracing::info!(path = %nqn_path.display(), hostnqn = %n, "generated a host NQN");
-            n
-        }
-    };
-    let id = match read_trimmed(id_path).map_err(|e| format!("reading {}: {e}", id_path.display()))? {
-        Some(id) if is_uuid(&id) => id,
-        Some(id) => return Err(format!("{}: {id:?} is not a UUID", id_path.display())),
-        None => {
-            let id =
-                nqn.strip_prefix(UUID_PREFIX).filter(|u| is_uuid(u)).map(str::to_string).unwrap_or_else(random_uuid);
-            persist(id_path, &format!("{id}\n")).map_err(|e| format!("writing {}: {e}", id_path.display()))?;
-            tracing::info!(path = %id_path.display(), hostid = %id, "generated a host ID");
-            id
-        }
-    };
+    let nqn =
+        match read_trimmed(nqn_path).map_err(|e| format!("reading {}: {e}", nqn_path.display()))? {
+            Some(n) => {
+                validate_nqn(&n).map_err(|e| format!("{}: {e}", nqn_path.display()))?;
+                n
+            }
+            None => {
+                let n = format!("{UUID_PREFIX}{}", random_uuid());
+                persist(nqn_path, &format!("{n}\n"))
+                    .map_err(|e| format!("writing {}: {e}", nqn_path.display()))?;
+                tracing::info!(path = %nqn_path.display(), hostnqn = %n, "generated a host NQN");
+                n
+            }
+        };
+    let id =
+        match read_trimmed(id_path).map_err(|e| format!("reading {}: {e}", id_path.display()))? {
+            Some(id) if is_uuid(&id) => id,
+            Some(id) => return Err(format!("{}: {id:?} is not a UUID", id_path.display())),
+            None => {
+                let id = nqn
+                    .strip_prefix(UUID_PREFIX)
+                    .filter(|u| is_uuid(u))
+                    .map(str::to_string)
+                    .unwrap_or_else(random_uuid);
+                persist(id_path, &format!("{id}\n"))
+                    .map_err(|e| format!("writing {}: {e}", id_path.display()))?;
+                tracing::info!(path = %id_path.display(), hostid = %id, "generated a host ID");
+                id
+            }
+        };
     Ok(HostIdentity { nqn, id })
 }
 
@@ -110,7 +134,10 @@ mod tests {
     #[test]
     fn generates_once_and_keeps() {
         let t = tempfile::tempdir().unwrap();
-        let (n, i) = (t.path().join("etc/nvme/hostnqn"), t.path().join("etc/nvme/hostid"));
+        let (n, i) = (
+            t.path().join("etc/nvme/hostnqn"),
+            t.path().join("etc/nvme/hostid"),
+        );
         let a = load_or_create(&n, &i).unwrap();
         assert!(a.nqn.starts_with(UUID_PREFIX));
         assert_eq!(a.nqn.strip_prefix(UUID_PREFIX).unwrap(), a.id);

@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use ferrite_api::csi::v1::identity_server::Identity;
 use ferrite_api::csi::v1::{
-    GetPluginCapabilitiesRequest, GetPluginCapabilitiesResponse, GetPluginInfoRequest, GetPluginInfoResponse,
-    PluginCapability, ProbeRequest, ProbeResponse, plugin_capability,
+    GetPluginCapabilitiesRequest, GetPluginCapabilitiesResponse, GetPluginInfoRequest,
+    GetPluginInfoResponse, PluginCapability, ProbeRequest, ProbeResponse, plugin_capability,
 };
 use tonic::{Request, Response, Status};
 
@@ -30,7 +30,9 @@ impl Identity for IdentityService {
         Ok(Response::new(GetPluginInfoResponse {
             name: self.plugin.cfg.driver_name.clone(),
             vendor_version: self.plugin.cfg.version.clone(),
-            manifest: [("component".to_string(), "node".to_string())].into_iter().collect(),
+            manifest: [("component".to_string(), "node".to_string())]
+                .into_iter()
+                .collect(),
         }))
     }
 

@@ -16,7 +16,11 @@ pub struct VolumeLocks {
 
 impl VolumeLocks {
     /// Waits up to `timeout` for the lock of `volume_id`.
-    pub async fn lock(&self, volume_id: &str, timeout: Duration) -> Result<OwnedMutexGuard<()>, NodeError> {
+    pub async fn lock(
+        &self,
+        volume_id: &str,
+        timeout: Duration,
+    ) -> Result<OwnedMutexGuard<()>, NodeError> {
         let m = {
             let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
             // Forget locks nobody holds or waits for.

@@ -78,7 +78,9 @@ struct Args {
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
     Ok((k.to_string(), v.to_string()))
 }
 
@@ -113,7 +115,10 @@ async fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none())
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none(),
+        )
         .init();
     let args = Args::parse();
     let host = match hostnqn::load_or_create(&args.hostnqn_file, &args.hostid_file) {
@@ -123,7 +128,11 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let node_name = args.node_name.clone().filter(|s| !s.is_empty()).unwrap_or_else(hostname);
+    let node_name = args
+        .node_name
+        .clone()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(hostname);
     let cfg = Config {
         driver_name: args.driver_name,
         version: env!("CARGO_PKG_VERSION").to_string(),

@@ -38,8 +38,13 @@ pub fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            let v = (b[i + 1] - b'0') as u32 * 64 + (b[i + 2] - b'0') as u32 * 8 + (b[i + 3] - b'0') as u32;
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') as u32 * 64
+                + (b[i + 2] - b'0') as u32 * 8
+                + (b[i + 3] - b'0') as u32;
             out.push(v as u8);
             i += 4;
         } else {
@@ -71,7 +76,10 @@ fn parse_line(line: &str) -> Option<MountEntry> {
         options: fields[5].to_string(),
         fs_type: fields[sep + 1].to_string(),
         source: unescape(fields[sep + 2]),
-        super_options: fields.get(sep + 3).map(|s| s.to_string()).unwrap_or_default(),
+        super_options: fields
+            .get(sep + 3)
+            .map(|s| s.to_string())
+            .unwrap_or_default(),
     })
 }
 
@@ -86,7 +94,10 @@ pub fn read_mountinfo(path: &Path) -> Result<Vec<MountEntry>> {
 /// topmost (last) one last.
 pub fn mounts_at<'a>(table: &'a [MountEntry], path: &Path) -> Vec<&'a MountEntry> {
     let canon = std::fs::canonicalize(path).ok();
-    table.iter().filter(|m| m.mount_point == path || canon.as_deref() == Some(m.mount_point.as_path())).collect()
+    table
+        .iter()
+        .filter(|m| m.mount_point == path || canon.as_deref() == Some(m.mount_point.as_path()))
+        .collect()
 }
 
 /// mount(2) flags and the filesystem-specific data string, from CSI mount flags.
@@ -101,7 +112,10 @@ impl MountOptions {
     /// mount(2) flags and the data string. Each entry may itself be comma-separated.
     pub fn parse<S: AsRef<str>>(opts: &[S]) -> MountOptions {
         let mut m = MountOptions::default();
-        for o in opts.iter().flat_map(|s| s.as_ref().split(',').map(str::trim).collect::<Vec<_>>()) {
+        for o in opts
+            .iter()
+            .flat_map(|s| s.as_ref().split(',').map(str::trim).collect::<Vec<_>>())
+        {
             let (set, clear): (libc::c_ulong, libc::c_ulong) = match o {
                 "" | "defaults" | "async" | "auto" | "noauto" | "nouser" | "_netdev" => continue,
                 "rw" => (0, libc::MS_RDONLY),
@@ -138,8 +152,9 @@ impl MountOptions {
 }
 
 fn cstr(p: &Path) -> Result<CString> {
-    CString::new(p.as_os_str().as_bytes())
-        .map_err(|_| NodeError::InvalidArgument(format!("path {} contains a NUL byte", p.display())))
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| {
+        NodeError::InvalidArgument(format!("path {} contains a NUL byte", p.display()))
+    })
 }
 
 fn cstr_s(s: &str) -> Result<CString> {
@@ -166,16 +181,31 @@ pub fn sys_mount(
             tgt.as_ptr(),
             fst.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
             flags,
-            if data.is_empty() { std::ptr::null() } else { dat.as_ptr() as *const libc::c_void },
+            if data.is_empty() {
+                std::ptr::null()
+            } else {
+                dat.as_ptr() as *const libc::c_void
+            },
         )
     };
-    Ok(if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) })
+    Ok(if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    })
 }
 
 /// Mounts filesystem `fs_type` on `device` at `target` with `opts`.
 pub fn mount_fs(device: &Path, target: &Path, fs_type: &str, opts: &MountOptions) -> Result<()> {
     tracing::info!(device = %device.display(), target = %target.display(), fs_type, flags = opts.flags, data = %opts.data_string(), "mount");
-    sys_mount(device, target, Some(fs_type), opts.flags, &opts.data_string())?.map_err(|e| {
+    sys_mount(
+        device,
+        target,
+        Some(fs_type),
+        opts.flags,
+        &opts.data_string(),
+    )?
+    .map_err(|e| {
         NodeError::Internal(format!(
             "mounting {} ({fs_type}) at {} with options {:?} failed: {e}",
             device.display(),
@@ -190,7 +220,11 @@ pub fn mount_fs(device: &Path, target: &Path, fs_type: &str, opts: &MountOptions
 pub fn bind(source: &Path, target: &Path, read_only: bool) -> Result<()> {
     tracing::info!(source = %source.display(), target = %target.display(), read_only, "bind mount");
     sys_mount(source, target, None, libc::MS_BIND, "")?.map_err(|e| {
-        NodeError::Internal(format!("bind-mounting {} at {} failed: {e}", source.display(), target.display()))
+        NodeError::Internal(format!(
+            "bind-mounting {} at {} failed: {e}",
+            source.display(),
+            target.display()
+        ))
     })?;
     if read_only {
         let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
@@ -222,7 +256,10 @@ pub fn unmount(target: &Path) -> Result<bool> {
              stop the pod using the volume first",
             target.display()
         ))),
-        _ => Err(NodeError::Internal(format!("unmounting {} failed: {e}", target.display()))),
+        _ => Err(NodeError::Internal(format!(
+            "unmounting {} failed: {e}",
+            target.display()
+        ))),
     }
 }
 
@@ -235,7 +272,10 @@ pub fn unmount_all(mountinfo: &Path, target: &Path) -> Result<usize> {
         }
         n += 1;
         if n > 16 {
-            return Err(NodeError::Internal(format!("{} still mounted after 16 unmounts", target.display())));
+            return Err(NodeError::Internal(format!(
+                "{} still mounted after 16 unmounts",
+                target.display()
+            )));
         }
     }
     Ok(n)
@@ -268,12 +308,18 @@ bad line
         assert!(!g.read_only());
         assert!(t[3].read_only());
         assert_eq!(t[4].root, "/nvme1n1");
-        assert_eq!(t[4].mount_point, PathBuf::from("/var/lib/kubelet/pods/p2/volumeDevices/pvc 2"));
+        assert_eq!(
+            t[4].mount_point,
+            PathBuf::from("/var/lib/kubelet/pods/p2/volumeDevices/pvc 2")
+        );
         // Optional fields (master:1 propagate_from:2) before the separator.
         assert_eq!(t[5].mount_point, PathBuf::from("/mnt/with space"));
         assert_eq!(t[5].fs_type, "xfs");
         assert_eq!(t[5].super_options, "rw,attr2");
-        let at = mounts_at(&t, Path::new("/var/lib/kubelet/pods/p1/volumes/kubernetes.io~csi/pvc-1/mount"));
+        let at = mounts_at(
+            &t,
+            Path::new("/var/lib/kubelet/pods/p1/volumes/kubernetes.io~csi/pvc-1/mount"),
+        );
         assert_eq!(at.len(), 1);
         assert_eq!(at[0].id, 41);
         assert!(mounts_at(&t, Path::new("/nowhere")).is_empty());
@@ -290,7 +336,10 @@ bad line
     fn mount_options() {
         let m = MountOptions::parse(&["noatime", "discard,nodev", "data=ordered", "ro"]);
         assert_eq!(m.flags, libc::MS_NOATIME | libc::MS_NODEV | libc::MS_RDONLY);
-        assert_eq!(m.data, vec!["discard".to_string(), "data=ordered".to_string()]);
+        assert_eq!(
+            m.data,
+            vec!["discard".to_string(), "data=ordered".to_string()]
+        );
         assert_eq!(m.data_string(), "discard,data=ordered");
         let m = MountOptions::parse(&["ro", "rw", "defaults"]);
         assert_eq!(m.flags, 0);

@@ -22,7 +22,10 @@ pub struct NodeService {
 
 impl NodeService {
     pub fn new(plugin: Arc<Plugin>) -> NodeService {
-        NodeService { plugin, locks: VolumeLocks::default() }
+        NodeService {
+            plugin,
+            locks: VolumeLocks::default(),
+        }
     }
 
     /// Runs `f` on the blocking pool while holding the lock of `volume_id`.
@@ -32,15 +35,25 @@ impl NodeService {
         volume_id: &str,
         f: impl FnOnce(&Plugin) -> Result<T> + Send + 'static,
     ) -> Result<T, Status> {
-        let _g = self.locks.lock(volume_id, self.plugin.cfg.lock_timeout).await?;
+        let _g = self
+            .locks
+            .lock(volume_id, self.plugin.cfg.lock_timeout)
+            .await?;
         let p = self.plugin.clone();
         let started = std::time::Instant::now();
         let r = tokio::task::spawn_blocking(move || f(&p))
             .await
             .map_err(|e| Status::internal(format!("{rpc} worker failed: {e}")))?;
         match &r {
-            Ok(_) => tracing::info!(rpc, volume = volume_id, ms = started.elapsed().as_millis() as u64, "ok"),
-            Err(e) => tracing::warn!(rpc, volume = volume_id, code = ?e.code(), error = %e, "failed"),
+            Ok(_) => tracing::info!(
+                rpc,
+                volume = volume_id,
+                ms = started.elapsed().as_millis() as u64,
+                "ok"
+            ),
+            Err(e) => {
+                tracing::warn!(rpc, volume = volume_id, code = ?e.code(), error = %e, "failed")
+            }
         }
         r.map_err(Status::from)
     }
@@ -51,13 +64,17 @@ impl NodeService {
 fn check_staged(p: &Plugin, volume_id: &str) -> Result<()> {
     match p.state.load(volume_id)? {
         Some(_) => Ok(()),
-        None => Err(crate::error::NodeError::NotFound(format!("volume {volume_id} is not staged on this node"))),
+        None => Err(crate::error::NodeError::NotFound(format!(
+            "volume {volume_id} is not staged on this node"
+        ))),
     }
 }
 
 fn rpc_cap(t: node_service_capability::rpc::Type) -> NodeServiceCapability {
     NodeServiceCapability {
-        r#type: Some(node_service_capability::Type::Rpc(node_service_capability::Rpc { r#type: t as i32 })),
+        r#type: Some(node_service_capability::Type::Rpc(
+            node_service_capability::Rpc { r#type: t as i32 },
+        )),
     }
 }
 
@@ -71,9 +88,22 @@ impl Node for NodeService {
         check_volume_id(&r.volume_id)?;
         let staging_path = check_path("staging_target_path", &r.staging_target_path)?;
         let (access, read_only) = parse_capability(r.volume_capability.as_ref())?;
-        let target = VolumeTarget::from_contexts(&r.volume_context, &r.publish_context, &self.plugin.cfg.connect)?;
-        let args = StageArgs { volume_id: r.volume_id.clone(), staging_path, target, access, read_only };
-        self.locked("NodeStageVolume", &r.volume_id, move |p| stage::stage(p, &args)).await?;
+        let target = VolumeTarget::from_contexts(
+            &r.volume_context,
+            &r.publish_context,
+            &self.plugin.cfg.connect,
+        )?;
+        let args = StageArgs {
+            volume_id: r.volume_id.clone(),
+            staging_path,
+            target,
+            access,
+            read_only,
+        };
+        self.locked("NodeStageVolume", &r.volume_id, move |p| {
+            stage::stage(p, &args)
+        })
+        .await?;
         Ok(Response::new(NodeStageVolumeResponse {}))
     }
 
@@ -85,7 +115,10 @@ impl Node for NodeService {
         check_volume_id(&r.volume_id)?;
         let staging_path = check_path("staging_target_path", &r.staging_target_path)?;
         let id = r.volume_id.clone();
-        self.locked("NodeUnstageVolume", &r.volume_id, move |p| stage::unstage(p, &id, &staging_path)).await?;
+        self.locked("NodeUnstageVolume", &r.volume_id, move |p| {
+            stage::unstage(p, &id, &staging_path)
+        })
+        .await?;
         Ok(Response::new(NodeUnstageVolumeResponse {}))
     }
 
@@ -105,7 +138,10 @@ impl Node for NodeService {
             access,
             read_only: r.readonly || mode_read_only,
         };
-        self.locked("NodePublishVolume", &r.volume_id, move |p| publish::publish(p, &args)).await?;
+        self.locked("NodePublishVolume", &r.volume_id, move |p| {
+            publish::publish(p, &args)
+        })
+        .await?;
         Ok(Response::new(NodePublishVolumeResponse {}))
     }
 
@@ -117,7 +153,10 @@ impl Node for NodeService {
         check_volume_id(&r.volume_id)?;
         let target_path = check_path("target_path", &r.target_path)?;
         let id = r.volume_id.clone();
-        self.locked("NodeUnpublishVolume", &r.volume_id, move |p| publish::unpublish(p, &id, &target_path)).await?;
+        self.locked("NodeUnpublishVolume", &r.volume_id, move |p| {
+            publish::unpublish(p, &id, &target_path)
+        })
+        .await?;
         Ok(Response::new(NodeUnpublishVolumeResponse {}))
     }
 
@@ -155,7 +194,10 @@ impl Node for NodeService {
         }
         Ok(Response::new(NodeGetVolumeStatsResponse {
             usage,
-            volume_condition: Some(VolumeCondition { abnormal: s.abnormal, message: s.message }),
+            volume_condition: Some(VolumeCondition {
+                abnormal: s.abnormal,
+                message: s.message,
+            }),
         }))
     }
 
@@ -166,7 +208,10 @@ impl Node for NodeService {
         let r = req.into_inner();
         check_volume_id(&r.volume_id)?;
         require("volume_path", &r.volume_path)?;
-        let required = r.capacity_range.as_ref().map_or(0, |c| c.required_bytes.max(0) as u64);
+        let required = r
+            .capacity_range
+            .as_ref()
+            .map_or(0, |c| c.required_bytes.max(0) as u64);
         let range = r.capacity_range;
         let id = r.volume_id.clone();
         let volume_path = r.volume_path.clone();
@@ -186,7 +231,9 @@ impl Node for NodeService {
                 expand::expand(p, &id, &path, required)
             })
             .await?;
-        Ok(Response::new(NodeExpandVolumeResponse { capacity_bytes: bytes as i64 }))
+        Ok(Response::new(NodeExpandVolumeResponse {
+            capacity_bytes: bytes as i64,
+        }))
     }
 
     async fn node_get_capabilities(
@@ -205,10 +252,16 @@ impl Node for NodeService {
         }))
     }
 
-    async fn node_get_info(&self, _: Request<NodeGetInfoRequest>) -> Result<Response<NodeGetInfoResponse>, Status> {
+    async fn node_get_info(
+        &self,
+        _: Request<NodeGetInfoRequest>,
+    ) -> Result<Response<NodeGetInfoResponse>, Status> {
         let cfg = &self.plugin.cfg;
-        let mut segments: std::collections::HashMap<String, String> =
-            cfg.topology.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut segments: std::collections::HashMap<String, String> = cfg
+            .topology
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         segments.insert(TOPOLOGY_NODE_KEY.to_string(), cfg.node_name.clone());
         Ok(Response::new(NodeGetInfoResponse {
             node_id: cfg.node_id.clone(),

@@ -33,11 +33,15 @@ fn not_staged(a: &PublishArgs) -> NodeError {
 /// NodePublishVolume.
 pub fn publish(p: &Plugin, a: &PublishArgs) -> Result<()> {
     let table = mount::read_mountinfo(&p.cfg.mountinfo)?;
-    let existing = mount::mounts_at(&table, &a.target_path).last().map(|m| (*m).clone());
+    let existing = mount::mounts_at(&table, &a.target_path)
+        .last()
+        .map(|m| (*m).clone());
     match &a.access {
         Access::Mount { .. } => {
-            let staged =
-                mount::mounts_at(&table, &a.staging_path).last().map(|m| (*m).clone()).ok_or_else(|| not_staged(a))?;
+            let staged = mount::mounts_at(&table, &a.staging_path)
+                .last()
+                .map(|m| (*m).clone())
+                .ok_or_else(|| not_staged(a))?;
             if let Some(m) = existing {
                 if m.devno == staged.devno && m.read_only() == (a.read_only || staged.read_only()) {
                     tracing::info!(volume = %a.volume_id, target = %a.target_path.display(), "already published");
@@ -48,11 +52,19 @@ pub fn publish(p: &Plugin, a: &PublishArgs) -> Result<()> {
                     a.target_path.display(),
                     m.source,
                     m.fs_type,
-                    if m.read_only() { "read-only" } else { "read-write" }
+                    if m.read_only() {
+                        "read-only"
+                    } else {
+                        "read-write"
+                    }
                 )));
             }
-            fs::create_dir_all(&a.target_path)
-                .map_err(|e| NodeError::Internal(format!("creating target path {}: {e}", a.target_path.display())))?;
+            fs::create_dir_all(&a.target_path).map_err(|e| {
+                NodeError::Internal(format!(
+                    "creating target path {}: {e}",
+                    a.target_path.display()
+                ))
+            })?;
             mount::bind(&a.staging_path, &a.target_path, a.read_only)
         }
         Access::Block => {
@@ -75,15 +87,21 @@ pub fn publish(p: &Plugin, a: &PublishArgs) -> Result<()> {
                 )));
             }
             if let Some(parent) = a.target_path.parent() {
-                fs::create_dir_all(parent)
-                    .map_err(|e| NodeError::Internal(format!("creating {}: {e}", parent.display())))?;
+                fs::create_dir_all(parent).map_err(|e| {
+                    NodeError::Internal(format!("creating {}: {e}", parent.display()))
+                })?;
             }
             fs::OpenOptions::new()
                 .create(true)
                 .truncate(false)
                 .write(true)
                 .open(&a.target_path)
-                .map_err(|e| NodeError::Internal(format!("creating target file {}: {e}", a.target_path.display())))?;
+                .map_err(|e| {
+                    NodeError::Internal(format!(
+                        "creating target file {}: {e}",
+                        a.target_path.display()
+                    ))
+                })?;
             mount::bind(&file, &a.target_path, a.read_only)
         }
     }

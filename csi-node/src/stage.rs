@@ -62,7 +62,9 @@ pub fn connect_and_find(p: &Plugin, t: &VolumeTarget) -> Result<(NamespaceDevice
     }
     if connected == 0 {
         let mut it = errors.into_iter();
-        let first = it.next().unwrap_or_else(|| NodeError::InvalidArgument("no portal to connect to".into()));
+        let first = it
+            .next()
+            .unwrap_or_else(|| NodeError::InvalidArgument("no portal to connect to".into()));
         let rest: Vec<String> = it.map(|e| e.to_string()).collect();
         return Err(if rest.is_empty() {
             first
@@ -95,18 +97,31 @@ fn disconnect_created(p: &Plugin, created: &[String]) {
 pub fn wait_for_namespace(p: &Plugin, t: &VolumeTarget) -> Result<NamespaceDevice> {
     let deadline = Instant::now() + p.cfg.device_timeout;
     loop {
-        if let Some(ns) = p.cfg.sysfs.find_namespace(&t.nqn, t.nsid).map_err(sysfs_err)? {
+        if let Some(ns) = p
+            .cfg
+            .sysfs
+            .find_namespace(&t.nqn, t.nsid)
+            .map_err(sysfs_err)?
+        {
             let node = p.cfg.dev_dir.join(&ns.name);
             match device::block_devno(&node) {
                 Ok(Some(d)) if d == ns.devno => return Ok(ns),
                 Ok(_) => {}
-                Err(e) => return Err(NodeError::Internal(format!("checking {}: {e}", node.display()))),
+                Err(e) => {
+                    return Err(NodeError::Internal(format!(
+                        "checking {}: {e}",
+                        node.display()
+                    )));
+                }
             }
         }
         if Instant::now() > deadline {
             let ctrls = p.cfg.sysfs.controllers_of(&t.nqn).map_err(sysfs_err)?;
             let ids = p.cfg.sysfs.namespace_ids(&t.nqn).map_err(sysfs_err)?;
-            let states: Vec<String> = ctrls.iter().map(|c| format!("{} {}", c.name, c.state)).collect();
+            let states: Vec<String> = ctrls
+                .iter()
+                .map(|c| format!("{} {}", c.name, c.state))
+                .collect();
             return Err(if !ids.is_empty() && !ids.contains(&t.nsid) {
                 NodeError::NotFound(format!(
                     "subsystem {} has no namespace {} (it has {:?}); is the volume's nsid right?",
@@ -118,7 +133,11 @@ pub fn wait_for_namespace(p: &Plugin, t: &VolumeTarget) -> Result<NamespaceDevic
                     t.nsid,
                     t.nqn,
                     p.cfg.device_timeout.as_secs(),
-                    if states.is_empty() { "none".to_string() } else { states.join(", ") }
+                    if states.is_empty() {
+                        "none".to_string()
+                    } else {
+                        states.join(", ")
+                    }
                 ))
             });
         }
@@ -228,8 +247,12 @@ fn stage_mount(
             node.display()
         )));
     }
-    fs::create_dir_all(&a.staging_path)
-        .map_err(|e| NodeError::Internal(format!("creating staging path {}: {e}", a.staging_path.display())))?;
+    fs::create_dir_all(&a.staging_path).map_err(|e| {
+        NodeError::Internal(format!(
+            "creating staging path {}: {e}",
+            a.staging_path.display()
+        ))
+    })?;
     if !format::ensure_filesystem(&p.cfg.tools, fs, node)? {
         tracing::info!(volume = %a.volume_id, fs = fs.name(), "existing filesystem kept");
     }
@@ -244,16 +267,23 @@ fn stage_block(p: &Plugin, a: &StageArgs, ns: &NamespaceDevice, node: &Path) -> 
     let file = a.staging_path.join(BLOCK_FILE);
     let table = mount::read_mountinfo(&p.cfg.mountinfo)?;
     if !mount::mounts_at(&table, &file).is_empty() {
-        let d =
-            device::block_devno(&file).map_err(|e| NodeError::Internal(format!("checking {}: {e}", file.display())))?;
+        let d = device::block_devno(&file)
+            .map_err(|e| NodeError::Internal(format!("checking {}: {e}", file.display())))?;
         if d == Some(ns.devno) {
             tracing::info!(volume = %a.volume_id, staging = %file.display(), "already staged");
             return Ok(());
         }
-        return Err(NodeError::AlreadyExists(format!("{} is already bound to another device", file.display())));
+        return Err(NodeError::AlreadyExists(format!(
+            "{} is already bound to another device",
+            file.display()
+        )));
     }
-    fs::create_dir_all(&a.staging_path)
-        .map_err(|e| NodeError::Internal(format!("creating staging path {}: {e}", a.staging_path.display())))?;
+    fs::create_dir_all(&a.staging_path).map_err(|e| {
+        NodeError::Internal(format!(
+            "creating staging path {}: {e}",
+            a.staging_path.display()
+        ))
+    })?;
     fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -277,7 +307,10 @@ pub fn unstage(p: &Plugin, volume_id: &str, staging_path: &Path) -> Result<()> {
     let mut devnos = Vec::new();
 
     // Filesystem volume: the staging path itself is mounted.
-    let fs_mounts: Vec<_> = mount::mounts_at(&table, staging_path).into_iter().cloned().collect();
+    let fs_mounts: Vec<_> = mount::mounts_at(&table, staging_path)
+        .into_iter()
+        .cloned()
+        .collect();
     for m in &fs_mounts {
         devnos.push(m.devno);
     }
@@ -293,12 +326,20 @@ pub fn unstage(p: &Plugin, volume_id: &str, staging_path: &Path) -> Result<()> {
             if nqn.is_none() {
                 nqn = p.cfg.sysfs.nqn_of_block(&name);
             }
-            let ns = NamespaceDevice { name, devno: *d, head: false };
+            let ns = NamespaceDevice {
+                name,
+                devno: *d,
+                head: false,
+            };
             let users = device_in_use(p, &ns, &[staging_path, &block_file])?;
             if !users.is_empty() {
                 return Err(NodeError::FailedPrecondition(format!(
                     "volume {volume_id} is still in use at {}; unpublish it (NodeUnpublishVolume) before unstaging",
-                    users.iter().map(|u| u.display().to_string()).collect::<Vec<_>>().join(", ")
+                    users
+                        .iter()
+                        .map(|u| u.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )));
             }
         }
@@ -312,7 +353,9 @@ pub fn unstage(p: &Plugin, volume_id: &str, staging_path: &Path) -> Result<()> {
     match fs::remove_file(&block_file) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => tracing::warn!(file = %block_file.display(), error = %e, "removing the block staging file failed"),
+        Err(e) => {
+            tracing::warn!(file = %block_file.display(), error = %e, "removing the block staging file failed")
+        }
     }
     if let Some(nqn) = nqn {
         disconnect_volume(p, volume_id, &nqn, rec.as_ref())?;
@@ -323,12 +366,27 @@ pub fn unstage(p: &Plugin, volume_id: &str, staging_path: &Path) -> Result<()> {
 }
 
 /// Disconnects this host's controllers of `nqn` unless another staged volume uses it.
-fn disconnect_volume(p: &Plugin, volume_id: &str, nqn: &str, rec: Option<&StagedVolume>) -> Result<()> {
+fn disconnect_volume(
+    p: &Plugin,
+    volume_id: &str,
+    nqn: &str,
+    rec: Option<&StagedVolume>,
+) -> Result<()> {
     let _g = p.fabrics_guard();
-    let sharing: Vec<String> =
-        p.state.all()?.into_iter().filter(|v| v.volume_id != volume_id && v.nqn == nqn).map(|v| v.volume_id).collect();
+    let sharing: Vec<String> = p
+        .state
+        .all()?
+        .into_iter()
+        .filter(|v| v.volume_id != volume_id && v.nqn == nqn)
+        .map(|v| v.volume_id)
+        .collect();
     if !sharing.is_empty() {
-        tracing::info!(volume = volume_id, nqn, ?sharing, "controllers kept: other staged volumes use the subsystem");
+        tracing::info!(
+            volume = volume_id,
+            nqn,
+            ?sharing,
+            "controllers kept: other staged volumes use the subsystem"
+        );
         return Ok(());
     }
     let ctrls = p.cfg.sysfs.controllers_of(nqn).map_err(sysfs_err)?;

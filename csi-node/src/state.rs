@@ -72,13 +72,21 @@ impl StagedVolume {
             fs_type: None,
         };
         for line in text.lines() {
-            let Some((k, val)) = line.split_once('=') else { continue };
+            let Some((k, val)) = line.split_once('=') else {
+                continue;
+            };
             let val = unescape(val);
             match k {
                 "volume_id" => v.volume_id = val,
                 "nqn" => v.nqn = val,
                 "nsid" => v.nsid = val.parse().map_err(|_| format!("bad nsid {val:?}"))?,
-                "portals" => v.portals = val.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect(),
+                "portals" => {
+                    v.portals = val
+                        .split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                }
                 "mode" => v.block = val == "block",
                 "staging_path" => v.staging_path = PathBuf::from(val),
                 "fs_type" => v.fs_type = Some(val),
@@ -102,12 +110,18 @@ pub struct StateDir {
 /// its hex encoding.
 pub fn file_name(volume_id: &str) -> String {
     let safe = volume_id.len() <= 200
-        && volume_id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && volume_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         && !volume_id.starts_with('.');
     if safe {
         format!("v-{volume_id}.vol")
     } else {
-        let hex: String = volume_id.bytes().take(120).map(|b| format!("{b:02x}")).collect();
+        let hex: String = volume_id
+            .bytes()
+            .take(120)
+            .map(|b| format!("{b:02x}"))
+            .collect();
         // Long IDs are cut; the record holds the full ID and is checked on load.
         format!("x-{hex}.vol")
     }
@@ -132,7 +146,10 @@ impl StateDir {
         match fs::read_to_string(&p) {
             Ok(t) => {
                 let v = StagedVolume::decode(&t).map_err(|e| {
-                    NodeError::Internal(format!("state file {} is corrupt ({e}); remove it", p.display()))
+                    NodeError::Internal(format!(
+                        "state file {} is corrupt ({e}); remove it",
+                        p.display()
+                    ))
                 })?;
                 Ok((v.volume_id == volume_id).then_some(v))
             }
@@ -143,12 +160,16 @@ impl StateDir {
 
     /// Writes (atomically) the record of a volume.
     pub fn save(&self, v: &StagedVolume) -> Result<()> {
-        let werr = |e: io::Error| NodeError::Internal(format!("writing state to {}: {e}", self.dir.display()));
+        let werr = |e: io::Error| {
+            NodeError::Internal(format!("writing state to {}: {e}", self.dir.display()))
+        };
         fs::create_dir_all(&self.dir).map_err(werr)?;
         let p = self.path(&v.volume_id);
         let tmp = p.with_extension("tmp");
         fs::write(&tmp, v.encode()).map_err(werr)?;
-        fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(werr)?;
+        fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(werr)?;
         fs::rename(&tmp, &p).map_err(werr)
     }
 
@@ -157,7 +178,9 @@ impl StateDir {
         match fs::remove_file(self.path(volume_id)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(NodeError::Internal(format!("removing the state of volume {volume_id}: {e}"))),
+            Err(e) => Err(NodeError::Internal(format!(
+                "removing the state of volume {volume_id}: {e}"
+            ))),
         }
     }
 
@@ -166,12 +189,20 @@ impl StateDir {
         let rd = match fs::read_dir(&self.dir) {
             Ok(rd) => rd,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(NodeError::Internal(format!("reading {}: {e}", self.dir.display()))),
+            Err(e) => {
+                return Err(NodeError::Internal(format!(
+                    "reading {}: {e}",
+                    self.dir.display()
+                )));
+            }
         };
         let mut out = Vec::new();
         for e in rd.flatten() {
             if e.path().extension().is_some_and(|x| x == "vol") {
-                match fs::read_to_string(e.path()).map_err(|e| e.to_string()).and_then(|t| StagedVolume::decode(&t)) {
+                match fs::read_to_string(e.path())
+                    .map_err(|e| e.to_string())
+                    .and_then(|t| StagedVolume::decode(&t))
+                {
                     Ok(v) => out.push(v),
                     Err(err) => {
                         tracing::warn!(file = %e.path().display(), error = %err, "ignoring unreadable state file")

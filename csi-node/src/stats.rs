@@ -32,7 +32,8 @@ pub struct Stats {
 
 /// statvfs(2) of a mounted path.
 pub fn statvfs(path: &Path) -> io::Result<(Usage, Usage)> {
-    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: an all-zero statvfs is a valid value of this plain C struct.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     // SAFETY: `c` is a valid NUL-terminated path and `st` a valid, writable statvfs.
@@ -45,8 +46,11 @@ pub fn statvfs(path: &Path) -> io::Result<(Usage, Usage)> {
         available: st.f_bavail as i64 * f,
         used: (st.f_blocks as i64 - st.f_bfree as i64) * f,
     };
-    let inodes =
-        Usage { total: st.f_files as i64, available: st.f_favail as i64, used: st.f_files as i64 - st.f_ffree as i64 };
+    let inodes = Usage {
+        total: st.f_files as i64,
+        available: st.f_favail as i64,
+        used: st.f_files as i64 - st.f_ffree as i64,
+    };
     Ok((bytes, inodes))
 }
 
@@ -60,7 +64,9 @@ pub fn device_problem(p: &Plugin, devno: (u32, u32)) -> Option<String> {
         ));
     };
     let Some(nqn) = p.cfg.sysfs.nqn_of_block(&name) else {
-        return Some(format!("{name} is not an NVMe-oF namespace (no subsystem NQN in sysfs)"));
+        return Some(format!(
+            "{name} is not an NVMe-oF namespace (no subsystem NQN in sysfs)"
+        ));
     };
     let ctrls = match p.cfg.sysfs.controllers_of(&nqn) {
         Ok(c) => c,
@@ -70,9 +76,14 @@ pub fn device_problem(p: &Plugin, devno: (u32, u32)) -> Option<String> {
         return Some(format!("{name}: no controller of {nqn} is connected"));
     }
     if !ctrls.iter().any(|c| c.state == "live") {
-        let states: Vec<String> =
-            ctrls.iter().map(|c| format!("{} {} ({})", c.name, c.state, c.address.traddr)).collect();
-        return Some(format!("{name}: no live path to {nqn}: {}", states.join(", ")));
+        let states: Vec<String> = ctrls
+            .iter()
+            .map(|c| format!("{} {} ({})", c.name, c.state, c.address.traddr))
+            .collect();
+        return Some(format!(
+            "{name}: no live path to {nqn}: {}",
+            states.join(", ")
+        ));
     }
     if p.cfg.sysfs.nsid_of_block(&name).is_none() {
         return Some(format!("{name}: the namespace is not attached"));
@@ -94,12 +105,19 @@ pub fn volume_stats(p: &Plugin, volume_id: &str, path: &Path) -> Result<Stats> {
     };
     if meta.file_type().is_block_device() {
         let devno = device::split(meta.rdev());
-        let total =
-            p.cfg.sysfs.block_name_by_devno(devno).and_then(|n| p.cfg.sysfs.block_size_bytes(&n).ok()).unwrap_or(0)
-                as i64;
+        let total = p
+            .cfg
+            .sysfs
+            .block_name_by_devno(devno)
+            .and_then(|n| p.cfg.sysfs.block_size_bytes(&n).ok())
+            .unwrap_or(0) as i64;
         let problem = device_problem(p, devno);
         return Ok(Stats {
-            bytes: Usage { total, available: 0, used: 0 },
+            bytes: Usage {
+                total,
+                available: 0,
+                used: 0,
+            },
             inodes: None,
             abnormal: problem.is_some(),
             message: problem.unwrap_or_else(|| "block device healthy".into()),
@@ -112,12 +130,14 @@ pub fn volume_stats(p: &Plugin, volume_id: &str, path: &Path) -> Result<Stats> {
             path.display()
         )));
     };
-    let (bytes, inodes) = statvfs(path).map_err(|e| NodeError::Internal(format!("statvfs {}: {e}", path.display())))?;
+    let (bytes, inodes) = statvfs(path)
+        .map_err(|e| NodeError::Internal(format!("statvfs {}: {e}", path.display())))?;
     let problem = device_problem(p, m.devno);
     Ok(Stats {
         bytes,
         inodes: Some(inodes),
         abnormal: problem.is_some(),
-        message: problem.unwrap_or_else(|| format!("{} filesystem on {} healthy", m.fs_type, m.source)),
+        message: problem
+            .unwrap_or_else(|| format!("{} filesystem on {} healthy", m.fs_type, m.source)),
     })
 }

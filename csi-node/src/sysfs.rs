@@ -105,7 +105,9 @@ pub fn parse_nvme_name(name: &str) -> Option<NvmeName> {
 pub fn parse_address(s: &str) -> CtrlAddress {
     let mut a = CtrlAddress::default();
     for kv in s.trim().split(',') {
-        let Some((k, v)) = kv.split_once('=') else { continue };
+        let Some((k, v)) = kv.split_once('=') else {
+            continue;
+        };
         let v = v.trim().to_string();
         match k.trim() {
             "traddr" => a.traddr = v,
@@ -151,8 +153,11 @@ fn entries(dir: &Path) -> io::Result<Vec<(String, PathBuf)>> {
 /// Sort key so that nvme2 comes before nvme10.
 fn natural_key(s: &str) -> (String, Vec<u64>) {
     let prefix: String = s.chars().take_while(|c| !c.is_ascii_digit()).collect();
-    let nums =
-        s.split(|c: char| !c.is_ascii_digit()).filter(|p| !p.is_empty()).filter_map(|p| p.parse().ok()).collect();
+    let nums = s
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|p| !p.is_empty())
+        .filter_map(|p| p.parse().ok())
+        .collect();
     (prefix, nums)
 }
 
@@ -204,7 +209,11 @@ impl Sysfs {
 
     /// Controllers of subsystem `nqn` (any state).
     pub fn controllers_of(&self, nqn: &str) -> io::Result<Vec<Controller>> {
-        Ok(self.controllers()?.into_iter().filter(|c| c.subsysnqn == nqn).collect())
+        Ok(self
+            .controllers()?
+            .into_iter()
+            .filter(|c| c.subsysnqn == nqn)
+            .collect())
     }
 
     /// Whether the block device directory `dir` is namespace `nsid`.
@@ -218,7 +227,11 @@ impl Sysfs {
 
     fn ns_device(dir: &Path, name: &str, head: bool) -> Option<NamespaceDevice> {
         let devno = parse_devno(&read_opt(&dir.join("dev"))?)?;
-        Some(NamespaceDevice { name: name.to_string(), devno, head })
+        Some(NamespaceDevice {
+            name: name.to_string(),
+            devno,
+            head,
+        })
     }
 
     /// Finds the usable block device of namespace `nsid` of subsystem `nqn`, in either
@@ -226,7 +239,9 @@ impl Sysfs {
     pub fn find_namespace(&self, nqn: &str, nsid: u32) -> io::Result<Option<NamespaceDevice>> {
         // Multipath: heads under the subsystem.
         for (sname, sdir) in entries(&self.class("nvme-subsystem"))? {
-            if !sname.starts_with("nvme-subsys") || read_opt(&sdir.join("subsysnqn")).as_deref() != Some(nqn) {
+            if !sname.starts_with("nvme-subsys")
+                || read_opt(&sdir.join("subsysnqn")).as_deref() != Some(nqn)
+            {
                 continue;
             }
             for (name, dir) in entries(&sdir)? {
@@ -260,8 +275,10 @@ impl Sysfs {
         let mut ids = Vec::new();
         for c in self.controllers_of(nqn)? {
             for (name, dir) in entries(&self.ctrl_dir(&c.name))? {
-                if matches!(parse_nvme_name(&name), Some(NvmeName::Namespace(..) | NvmeName::Path(..)))
-                    && let Some(id) = read_opt(&dir.join("nsid")).and_then(|s| s.parse().ok())
+                if matches!(
+                    parse_nvme_name(&name),
+                    Some(NvmeName::Namespace(..) | NvmeName::Path(..))
+                ) && let Some(id) = read_opt(&dir.join("nsid")).and_then(|s| s.parse().ok())
                 {
                     ids.push(id);
                 }
@@ -275,15 +292,24 @@ impl Sysfs {
     /// Size in bytes of block device `name` (`/sys/class/block/NAME/size` * 512).
     pub fn block_size_bytes(&self, name: &str) -> io::Result<u64> {
         let s = read_attr(&self.class("block").join(name).join("size"))?;
-        s.parse::<u64>()
-            .map(|sectors| sectors * 512)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("bad size {s:?} of {name}")))
+        s.parse::<u64>().map(|sectors| sectors * 512).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("bad size {s:?} of {name}"),
+            )
+        })
     }
 
     /// The block device name for `major:minor` (`/sys/dev/block/M:m` -> `nvme0n1`).
     pub fn block_name_by_devno(&self, devno: (u32, u32)) -> Option<String> {
-        let link = self.root.join("dev").join("block").join(format!("{}:{}", devno.0, devno.1));
-        let target = fs::read_link(&link).ok().or_else(|| fs::canonicalize(&link).ok())?;
+        let link = self
+            .root
+            .join("dev")
+            .join("block")
+            .join(format!("{}:{}", devno.0, devno.1));
+        let target = fs::read_link(&link)
+            .ok()
+            .or_else(|| fs::canonicalize(&link).ok())?;
         target.file_name().map(|n| n.to_string_lossy().into_owned())
     }
 
@@ -296,7 +322,9 @@ impl Sysfs {
 
     /// The `nsid` attribute of block device `name`.
     pub fn nsid_of_block(&self, name: &str) -> Option<u32> {
-        read_opt(&self.class("block").join(name).join("nsid"))?.parse().ok()
+        read_opt(&self.class("block").join(name).join("nsid"))?
+            .parse()
+            .ok()
     }
 
     /// Asks the kernel to delete (disconnect) controller `name`.
@@ -330,16 +358,29 @@ pub(crate) mod tests {
         let dev = root.join(format!("devices/virtual/nvme-fabrics/ctl/nvme{n}"));
         write(&dev.join("subsysnqn"), nqn);
         write(&dev.join("transport"), "tcp");
-        write(&dev.join("address"), &format!("traddr={traddr},trsvcid=4420,src_addr=10.0.2.15"));
+        write(
+            &dev.join("address"),
+            &format!("traddr={traddr},trsvcid=4420,src_addr=10.0.2.15"),
+        );
         write(&dev.join("state"), state);
-        write(&dev.join("hostnqn"), "nqn.2014-08.org.nvmexpress:uuid:11111111-2222-3333-4444-555555555555");
+        write(
+            &dev.join("hostnqn"),
+            "nqn.2014-08.org.nvmexpress:uuid:11111111-2222-3333-4444-555555555555",
+        );
         write(&dev.join("dev"), &format!("243:{n}"));
         fs::create_dir_all(root.join("class/nvme")).unwrap();
         symlink(&dev, root.join(format!("class/nvme/nvme{n}"))).unwrap();
         dev
     }
 
-    fn add_block(root: &Path, parent: &Path, name: &str, nsid: u32, devno: (u32, u32), sectors: u64) {
+    fn add_block(
+        root: &Path,
+        parent: &Path,
+        name: &str,
+        nsid: u32,
+        devno: (u32, u32),
+        sectors: u64,
+    ) {
         let dir = parent.join(name);
         write(&dir.join("nsid"), &nsid.to_string());
         write(&dir.join("dev"), &format!("{}:{}", devno.0, devno.1));
@@ -347,7 +388,11 @@ pub(crate) mod tests {
         fs::create_dir_all(root.join("class/block")).unwrap();
         symlink(&dir, root.join("class/block").join(name)).unwrap();
         fs::create_dir_all(root.join("dev/block")).unwrap();
-        symlink(&dir, root.join(format!("dev/block/{}:{}", devno.0, devno.1))).unwrap();
+        symlink(
+            &dir,
+            root.join(format!("dev/block/{}:{}", devno.0, devno.1)),
+        )
+        .unwrap();
     }
 
     /// Multipath layout: subsystem nvme-subsys{s} with head nvme{s}n{h}, one controller with
@@ -369,10 +414,25 @@ pub(crate) mod tests {
     #[test]
     fn names() {
         assert_eq!(parse_nvme_name("nvme0"), Some(NvmeName::Ctrl(0)));
-        assert_eq!(parse_nvme_name("nvme12n3"), Some(NvmeName::Namespace(12, 3)));
+        assert_eq!(
+            parse_nvme_name("nvme12n3"),
+            Some(NvmeName::Namespace(12, 3))
+        );
         assert_eq!(parse_nvme_name("nvme1c2n3"), Some(NvmeName::Path(1, 2, 3)));
-        assert_eq!(parse_nvme_name("nvme0n1p2"), Some(NvmeName::Partition(0, 1, 2)));
-        for bad in ["nvme", "nvmeX", "nvme0n", "nvme0c1", "nvme-subsys0", "nvme-fabrics", "sda", "nvme0n1x"] {
+        assert_eq!(
+            parse_nvme_name("nvme0n1p2"),
+            Some(NvmeName::Partition(0, 1, 2))
+        );
+        for bad in [
+            "nvme",
+            "nvmeX",
+            "nvme0n",
+            "nvme0c1",
+            "nvme-subsys0",
+            "nvme-fabrics",
+            "sda",
+            "nvme0n1x",
+        ] {
             assert_eq!(parse_nvme_name(bad), None, "{bad}");
         }
     }
@@ -402,9 +462,20 @@ pub(crate) mod tests {
         assert_eq!(ctrls[0].state, "live");
         assert_eq!(ctrls[0].address.traddr, "10.0.2.2");
         let ns = s.find_namespace(nqn, 1).unwrap().expect("head found");
-        assert_eq!(ns, NamespaceDevice { name: "nvme0n1".into(), devno: (259, 0), head: true });
+        assert_eq!(
+            ns,
+            NamespaceDevice {
+                name: "nvme0n1".into(),
+                devno: (259, 0),
+                head: true
+            }
+        );
         assert_eq!(s.find_namespace(nqn, 2).unwrap(), None);
-        assert_eq!(s.find_namespace("nqn.2024-01.dev.ferrite:other", 1).unwrap(), None);
+        assert_eq!(
+            s.find_namespace("nqn.2024-01.dev.ferrite:other", 1)
+                .unwrap(),
+            None
+        );
         assert_eq!(s.block_size_bytes("nvme0n1").unwrap(), 256 << 20);
         assert_eq!(s.block_name_by_devno((259, 0)).as_deref(), Some("nvme0n1"));
         assert_eq!(s.nqn_of_block("nvme0n1").as_deref(), Some(nqn));
@@ -427,7 +498,14 @@ pub(crate) mod tests {
         let s = Sysfs::new(root);
         assert_eq!(s.controllers().unwrap().len(), 2);
         let ns = s.find_namespace(nqn, 2).unwrap().expect("ns 2");
-        assert_eq!(ns, NamespaceDevice { name: "nvme2n2".into(), devno: (259, 7), head: false });
+        assert_eq!(
+            ns,
+            NamespaceDevice {
+                name: "nvme2n2".into(),
+                devno: (259, 7),
+                head: false
+            }
+        );
         assert_eq!(s.find_namespace(nqn, 1).unwrap().unwrap().name, "nvme2n1");
         assert_eq!(s.find_namespace(other, 1).unwrap().unwrap().name, "nvme1n1");
         assert_eq!(s.nqn_of_block("nvme2n2").as_deref(), Some(nqn));

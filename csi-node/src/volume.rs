@@ -24,14 +24,18 @@ pub struct VolumeTarget {
 }
 
 fn parse_num<T: std::str::FromStr>(k: &str, v: &str) -> Result<T> {
-    v.trim().parse().map_err(|_| NodeError::InvalidArgument(format!("context key {k}={v:?} is not a valid number")))
+    v.trim().parse().map_err(|_| {
+        NodeError::InvalidArgument(format!("context key {k}={v:?} is not a valid number"))
+    })
 }
 
 fn parse_bool(k: &str, v: &str) -> Result<bool> {
     match v.trim() {
         "true" | "1" | "yes" => Ok(true),
         "false" | "0" | "no" | "" => Ok(false),
-        _ => Err(NodeError::InvalidArgument(format!("context key {k}={v:?} is not true/false"))),
+        _ => Err(NodeError::InvalidArgument(format!(
+            "context key {k}={v:?} is not true/false"
+        ))),
     }
 }
 
@@ -54,27 +58,35 @@ impl VolumeTarget {
             .trim()
             .to_string();
         if !nqn.starts_with("nqn.") || nqn.len() > 223 {
-            return Err(NodeError::InvalidArgument(format!("{nqn:?} is not a valid subsystem NQN")));
+            return Err(NodeError::InvalidArgument(format!(
+                "{nqn:?} is not a valid subsystem NQN"
+            )));
         }
         let nsid = match get(key::NSID) {
             Some(v) => parse_num::<u32>(key::NSID, v)?,
             None => 1,
         };
         if nsid == 0 || nsid == u32::MAX {
-            return Err(NodeError::InvalidArgument(format!("namespace ID {nsid} is not valid")));
+            return Err(NodeError::InvalidArgument(format!(
+                "namespace ID {nsid} is not valid"
+            )));
         }
         if let Some(t) = get(key::TRANSPORT)
             && !t.trim().is_empty()
             && t.trim() != "tcp"
         {
-            return Err(NodeError::InvalidArgument(format!("transport {t:?} is not supported (only tcp)")));
+            return Err(NodeError::InvalidArgument(format!(
+                "transport {t:?} is not supported (only tcp)"
+            )));
         }
         let targets = get(key::TARGETS).unwrap_or("");
         let portals = targets
             .split(',')
             .filter(|s| !s.trim().is_empty())
             .map(|s| {
-                parse_portal(s).map_err(|e| NodeError::InvalidArgument(format!("context key {}: {e}", key::TARGETS)))
+                parse_portal(s).map_err(|e| {
+                    NodeError::InvalidArgument(format!("context key {}: {e}", key::TARGETS))
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         if portals.is_empty() {
@@ -99,10 +111,22 @@ impl VolumeTarget {
         if let Some(v) = get(key::KEEP_ALIVE_TMO) {
             t.keep_alive_tmo = Some(parse_num(key::KEEP_ALIVE_TMO, v)?);
         }
-        let hdr_digest =
-            get(key::HEADER_DIGEST).map(|v| parse_bool(key::HEADER_DIGEST, v)).transpose()?.unwrap_or(false);
-        let data_digest = get(key::DATA_DIGEST).map(|v| parse_bool(key::DATA_DIGEST, v)).transpose()?.unwrap_or(false);
-        Ok(VolumeTarget { nqn, nsid, portals, tunables: t, hdr_digest, data_digest })
+        let hdr_digest = get(key::HEADER_DIGEST)
+            .map(|v| parse_bool(key::HEADER_DIGEST, v))
+            .transpose()?
+            .unwrap_or(false);
+        let data_digest = get(key::DATA_DIGEST)
+            .map(|v| parse_bool(key::DATA_DIGEST, v))
+            .transpose()?
+            .unwrap_or(false);
+        Ok(VolumeTarget {
+            nqn,
+            nsid,
+            portals,
+            tunables: t,
+            hdr_digest,
+            data_digest,
+        })
     }
 
     /// One set of kernel connect options per portal.
@@ -142,12 +166,23 @@ impl Access {
 /// Reads the access type and whether the access mode is read-only from a capability.
 pub fn parse_capability(cap: Option<&VolumeCapability>) -> Result<(Access, bool)> {
     use volume_capability::access_mode::Mode;
-    let cap = cap.ok_or_else(|| NodeError::InvalidArgument("volume_capability is required".into()))?;
-    let mode = cap.access_mode.as_ref().and_then(|m| Mode::try_from(m.mode).ok()).unwrap_or(Mode::Unknown);
+    let cap =
+        cap.ok_or_else(|| NodeError::InvalidArgument("volume_capability is required".into()))?;
+    let mode = cap
+        .access_mode
+        .as_ref()
+        .and_then(|m| Mode::try_from(m.mode).ok())
+        .unwrap_or(Mode::Unknown);
     let read_only = match mode {
-        Mode::SingleNodeWriter | Mode::SingleNodeSingleWriter | Mode::SingleNodeMultiWriter => false,
+        Mode::SingleNodeWriter | Mode::SingleNodeSingleWriter | Mode::SingleNodeMultiWriter => {
+            false
+        }
         Mode::SingleNodeReaderOnly | Mode::MultiNodeReaderOnly => true,
-        Mode::Unknown => return Err(NodeError::InvalidArgument("volume_capability.access_mode is required".into())),
+        Mode::Unknown => {
+            return Err(NodeError::InvalidArgument(
+                "volume_capability.access_mode is required".into(),
+            ));
+        }
         m @ (Mode::MultiNodeSingleWriter | Mode::MultiNodeMultiWriter) => {
             return Err(NodeError::InvalidArgument(format!(
                 "access mode {} is not supported: a Ferrite volume is attached to one node at a time",
@@ -163,10 +198,15 @@ pub fn parse_capability(cap: Option<&VolumeCapability>) -> Result<(Access, bool)
                     "volume_mount_group is not supported (the plugin does not advertise VOLUME_MOUNT_GROUP)".into(),
                 ));
             }
-            Access::Mount { fs: FsType::parse(&m.fs_type)?, flags: m.mount_flags.clone() }
+            Access::Mount {
+                fs: FsType::parse(&m.fs_type)?,
+                flags: m.mount_flags.clone(),
+            }
         }
         None => {
-            return Err(NodeError::InvalidArgument("volume_capability needs an access type (block or mount)".into()));
+            return Err(NodeError::InvalidArgument(
+                "volume_capability needs an access type (block or mount)".into(),
+            ));
         }
     };
     Ok((access, read_only))
@@ -176,8 +216,14 @@ pub fn parse_capability(cap: Option<&VolumeCapability>) -> Result<(Access, bool)
 pub fn check_path(what: &str, p: &str) -> Result<PathBuf> {
     require(what, p)?;
     let path = PathBuf::from(p);
-    if !path.is_absolute() || path.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-        return Err(NodeError::InvalidArgument(format!("{what} {p:?} must be an absolute path without '..'")));
+    if !path.is_absolute()
+        || path
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(NodeError::InvalidArgument(format!(
+            "{what} {p:?} must be an absolute path without '..'"
+        )));
     }
     Ok(path)
 }
@@ -196,7 +242,9 @@ pub fn check_volume_id(id: &str) -> Result<()> {
         return Err(NodeError::InvalidArgument("volume_id is required".into()));
     }
     if id.len() > 1024 || id.chars().any(|c| c.is_control()) {
-        return Err(NodeError::InvalidArgument(format!("volume_id {id:?} is too long or has control characters")));
+        return Err(NodeError::InvalidArgument(format!(
+            "volume_id {id:?} is too long or has control characters"
+        )));
     }
     Ok(())
 }
@@ -206,17 +254,30 @@ mod tests {
     use super::*;
 
     fn ctx(kv: &[(&str, &str)]) -> HashMap<String, String> {
-        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
     fn contexts() {
-        let vol = ctx(&[("nqn", "nqn.2024-01.dev.ferrite:v1"), ("targets", "10.0.0.1:4420"), ("ctrlLossTmo", "60")]);
-        let publ = ctx(&[("targets", "10.0.0.2:4420, 10.0.0.3:4421"), ("nsid", "2"), ("dataDigest", "true")]);
+        let vol = ctx(&[
+            ("nqn", "nqn.2024-01.dev.ferrite:v1"),
+            ("targets", "10.0.0.1:4420"),
+            ("ctrlLossTmo", "60"),
+        ]);
+        let publ = ctx(&[
+            ("targets", "10.0.0.2:4420, 10.0.0.3:4421"),
+            ("nsid", "2"),
+            ("dataDigest", "true"),
+        ]);
         let t = VolumeTarget::from_contexts(&vol, &publ, &ConnectDefaults::default()).unwrap();
         assert_eq!(t.nqn, "nqn.2024-01.dev.ferrite:v1");
         assert_eq!(t.nsid, 2);
-        assert_eq!(t.portals.iter().map(|p| p.to_string()).collect::<Vec<_>>(), vec!["10.0.0.2:4420", "10.0.0.3:4421"]);
+        assert_eq!(
+            t.portals.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+            vec!["10.0.0.2:4420", "10.0.0.3:4421"]
+        );
         assert_eq!(t.tunables.ctrl_loss_tmo, Some(60));
         assert_eq!(t.tunables.reconnect_delay, Some(2));
         assert!(t.data_digest && !t.hdr_digest);
@@ -229,22 +290,54 @@ mod tests {
     #[test]
     fn bad_contexts() {
         let d = ConnectDefaults::default();
-        let err = |v: &[(&str, &str)]| VolumeTarget::from_contexts(&ctx(v), &HashMap::new(), &d).unwrap_err();
-        assert!(err(&[("targets", "10.0.0.1:4420")]).to_string().contains("\"nqn\""));
-        assert!(err(&[("nqn", "nqn.2024-01.dev.ferrite:v1")]).to_string().contains("\"targets\""));
+        let err = |v: &[(&str, &str)]| {
+            VolumeTarget::from_contexts(&ctx(v), &HashMap::new(), &d).unwrap_err()
+        };
         assert!(
-            err(&[("nqn", "bogus"), ("targets", "10.0.0.1:4420")]).to_string().contains("not a valid subsystem NQN")
+            err(&[("targets", "10.0.0.1:4420")])
+                .to_string()
+                .contains("\"nqn\"")
         );
-        assert!(err(&[("nqn", "nqn.a:b"), ("targets", "10.0.0.1:4420"), ("nsid", "x")]).to_string().contains("nsid"));
         assert!(
-            err(&[("nqn", "nqn.a:b"), ("targets", "10.0.0.1:4420"), ("transport", "rdma")]).to_string().contains("tcp")
+            err(&[("nqn", "nqn.2024-01.dev.ferrite:v1")])
+                .to_string()
+                .contains("\"targets\"")
         );
-        assert!(err(&[("nqn", "nqn.a:b"), ("targets", "10.0.0.1:99999")]).to_string().contains("targets"));
+        assert!(
+            err(&[("nqn", "bogus"), ("targets", "10.0.0.1:4420")])
+                .to_string()
+                .contains("not a valid subsystem NQN")
+        );
+        assert!(
+            err(&[
+                ("nqn", "nqn.a:b"),
+                ("targets", "10.0.0.1:4420"),
+                ("nsid", "x")
+            ])
+            .to_string()
+            .contains("nsid")
+        );
+        assert!(
+            err(&[
+                ("nqn", "nqn.a:b"),
+                ("targets", "10.0.0.1:4420"),
+                ("transport", "rdma")
+            ])
+            .to_string()
+            .contains("tcp")
+        );
+        assert!(
+            err(&[("nqn", "nqn.a:b"), ("targets", "10.0.0.1:99999")])
+                .to_string()
+                .contains("targets")
+        );
     }
 
     #[test]
     fn capabilities() {
-        use volume_capability::{AccessMode, AccessType, BlockVolume, MountVolume, access_mode::Mode};
+        use volume_capability::{
+            AccessMode, AccessType, BlockVolume, MountVolume, access_mode::Mode,
+        };
         let cap = |t: AccessType, m: Mode| VolumeCapability {
             access_type: Some(t),
             access_mode: Some(AccessMode { mode: m as i32 }),
@@ -257,12 +350,22 @@ mod tests {
             })
         };
         assert_eq!(
-            parse_capability(Some(&cap(AccessType::Block(BlockVolume {}), Mode::SingleNodeWriter))).unwrap(),
+            parse_capability(Some(&cap(
+                AccessType::Block(BlockVolume {}),
+                Mode::SingleNodeWriter
+            )))
+            .unwrap(),
             (Access::Block, false)
         );
         assert_eq!(
             parse_capability(Some(&cap(mount("xfs"), Mode::SingleNodeReaderOnly))).unwrap(),
-            (Access::Mount { fs: FsType::Xfs, flags: vec!["noatime".into()] }, true)
+            (
+                Access::Mount {
+                    fs: FsType::Xfs,
+                    flags: vec!["noatime".into()]
+                },
+                true
+            )
         );
         assert!(parse_capability(Some(&cap(mount(""), Mode::MultiNodeMultiWriter))).is_err());
         assert!(parse_capability(Some(&cap(mount("btrfs"), Mode::SingleNodeWriter))).is_err());

@@ -40,7 +40,10 @@ async fn start() -> Harness {
         node_name: "node-a".into(),
         max_volumes: 7,
         topology: BTreeMap::from([("topology.kubernetes.io/zone".to_string(), "z1".to_string())]),
-        host: HostIdentity { nqn: HOSTNQN.into(), id: "11111111-2222-4333-8444-555555555555".into() },
+        host: HostIdentity {
+            nqn: HOSTNQN.into(),
+            id: "11111111-2222-4333-8444-555555555555".into(),
+        },
         sysfs: Sysfs::new(root.join("sys")),
         dev_dir: root.join("dev"),
         fabrics_dev: root.join("dev/nvme-fabrics"),
@@ -52,7 +55,11 @@ async fn start() -> Harness {
         lock_timeout: Duration::from_secs(5),
         connect: ConnectDefaults::default(),
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let ep: Endpoint = format!("tcp://127.0.0.1:{port}").parse().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let plugin = Arc::new(Plugin::new(cfg));
@@ -66,7 +73,11 @@ async fn start() -> Harness {
     let url = format!("http://127.0.0.1:{port}");
     let mut tries = 0;
     let channel = loop {
-        match tonic::transport::Endpoint::from_shared(url.clone()).unwrap().connect().await {
+        match tonic::transport::Endpoint::from_shared(url.clone())
+            .unwrap()
+            .connect()
+            .await
+        {
             Ok(c) => break c,
             Err(e) if tries < 100 => {
                 tries += 1;
@@ -93,7 +104,9 @@ fn mount_cap() -> VolumeCapability {
             mount_flags: vec![],
             volume_mount_group: String::new(),
         })),
-        access_mode: Some(AccessMode { mode: Mode::SingleNodeWriter as i32 }),
+        access_mode: Some(AccessMode {
+            mode: Mode::SingleNodeWriter as i32,
+        }),
     }
 }
 
@@ -102,7 +115,10 @@ fn stage_req(ctx: &[(&str, &str)]) -> NodeStageVolumeRequest {
         volume_id: "pv-1".into(),
         staging_target_path: "/tmp/ferrite-test-staging/pv-1".into(),
         volume_capability: Some(mount_cap()),
-        volume_context: ctx.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        volume_context: ctx
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         ..Default::default()
     }
 }
@@ -110,32 +126,74 @@ fn stage_req(ctx: &[(&str, &str)]) -> NodeStageVolumeRequest {
 #[tokio::test]
 async fn identity_and_info() {
     let mut h = start().await;
-    let info = h.identity.get_plugin_info(GetPluginInfoRequest {}).await.unwrap().into_inner();
+    let info = h
+        .identity
+        .get_plugin_info(GetPluginInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(info.name, "csi.ferrite.dev");
     assert_eq!(info.vendor_version, "test");
-    let caps = h.identity.get_plugin_capabilities(GetPluginCapabilitiesRequest {}).await.unwrap().into_inner();
+    let caps = h
+        .identity
+        .get_plugin_capabilities(GetPluginCapabilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(caps.capabilities.len(), 2);
     // No /dev/nvme-fabrics in the fake tree: not ready, with the fix in the message.
     let e = h.identity.probe(ProbeRequest {}).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert!(e.message().contains("modprobe nvme-tcp"), "{}", e.message());
     std::fs::write(h.root.join("dev/nvme-fabrics"), "").unwrap();
-    assert_eq!(h.identity.probe(ProbeRequest {}).await.unwrap().into_inner().ready, Some(true));
+    assert_eq!(
+        h.identity
+            .probe(ProbeRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .ready,
+        Some(true)
+    );
 
-    let info = h.node.node_get_info(NodeGetInfoRequest {}).await.unwrap().into_inner();
+    let info = h
+        .node
+        .node_get_info(NodeGetInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(info.node_id, HOSTNQN);
     assert_eq!(info.max_volumes_per_node, 7);
     let seg = info.accessible_topology.unwrap().segments;
-    assert_eq!(seg.get("topology.ferrite.dev/node").map(String::as_str), Some("node-a"));
-    assert_eq!(seg.get("topology.kubernetes.io/zone").map(String::as_str), Some("z1"));
-    let caps = h.node.node_get_capabilities(NodeGetCapabilitiesRequest {}).await.unwrap().into_inner();
+    assert_eq!(
+        seg.get("topology.ferrite.dev/node").map(String::as_str),
+        Some("node-a")
+    );
+    assert_eq!(
+        seg.get("topology.kubernetes.io/zone").map(String::as_str),
+        Some("z1")
+    );
+    let caps = h
+        .node
+        .node_get_capabilities(NodeGetCapabilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     let types: Vec<i32> = caps
         .capabilities
         .iter()
-        .filter_map(|c| c.r#type.as_ref().map(|node_service_capability::Type::Rpc(r)| r.r#type))
+        .filter_map(|c| {
+            c.r#type
+                .as_ref()
+                .map(|node_service_capability::Type::Rpc(r)| r.r#type)
+        })
         .collect();
     use node_service_capability::rpc::Type;
-    for t in [Type::StageUnstageVolume, Type::GetVolumeStats, Type::ExpandVolume] {
+    for t in [
+        Type::StageUnstageVolume,
+        Type::GetVolumeStats,
+        Type::ExpandVolume,
+    ] {
         assert!(types.contains(&(t as i32)), "{t:?} missing");
     }
 }
@@ -143,22 +201,48 @@ async fn identity_and_info() {
 #[tokio::test]
 async fn argument_validation() {
     let mut h = start().await;
-    let code = |r: Result<tonic::Response<NodeStageVolumeResponse>, tonic::Status>| r.unwrap_err().code();
-    let mut r = stage_req(&[("nqn", "nqn.2024-01.dev.ferrite:v"), ("targets", "127.0.0.1:4420")]);
+    let code =
+        |r: Result<tonic::Response<NodeStageVolumeResponse>, tonic::Status>| r.unwrap_err().code();
+    let mut r = stage_req(&[
+        ("nqn", "nqn.2024-01.dev.ferrite:v"),
+        ("targets", "127.0.0.1:4420"),
+    ]);
     r.volume_id.clear();
-    assert_eq!(code(h.node.node_stage_volume(r).await), Code::InvalidArgument);
-    let mut r = stage_req(&[("nqn", "nqn.2024-01.dev.ferrite:v"), ("targets", "127.0.0.1:4420")]);
+    assert_eq!(
+        code(h.node.node_stage_volume(r).await),
+        Code::InvalidArgument
+    );
+    let mut r = stage_req(&[
+        ("nqn", "nqn.2024-01.dev.ferrite:v"),
+        ("targets", "127.0.0.1:4420"),
+    ]);
     r.staging_target_path = "relative".into();
-    assert_eq!(code(h.node.node_stage_volume(r).await), Code::InvalidArgument);
-    let mut r = stage_req(&[("nqn", "nqn.2024-01.dev.ferrite:v"), ("targets", "127.0.0.1:4420")]);
+    assert_eq!(
+        code(h.node.node_stage_volume(r).await),
+        Code::InvalidArgument
+    );
+    let mut r = stage_req(&[
+        ("nqn", "nqn.2024-01.dev.ferrite:v"),
+        ("targets", "127.0.0.1:4420"),
+    ]);
     r.volume_capability = None;
-    assert_eq!(code(h.node.node_stage_volume(r).await), Code::InvalidArgument);
-    let e = h.node.node_stage_volume(stage_req(&[("targets", "127.0.0.1:4420")])).await.unwrap_err();
+    assert_eq!(
+        code(h.node.node_stage_volume(r).await),
+        Code::InvalidArgument
+    );
+    let e = h
+        .node
+        .node_stage_volume(stage_req(&[("targets", "127.0.0.1:4420")]))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("\"nqn\""), "{}", e.message());
     let e = h
         .node
-        .node_publish_volume(NodePublishVolumeRequest { volume_id: "pv-1".into(), ..Default::default() })
+        .node_publish_volume(NodePublishVolumeRequest {
+            volume_id: "pv-1".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
@@ -181,7 +265,10 @@ async fn argument_validation() {
             .node_expand_volume(NodeExpandVolumeRequest {
                 volume_id: id.into(),
                 volume_path: "/x".into(),
-                capacity_range: Some(CapacityRange { required_bytes: 10, limit_bytes: 5 }),
+                capacity_range: Some(CapacityRange {
+                    required_bytes: 10,
+                    limit_bytes: 5,
+                }),
                 ..Default::default()
             })
             .await
@@ -197,12 +284,20 @@ async fn calls_without_a_kernel() {
     // and nothing recorded.
     let e = h
         .node
-        .node_stage_volume(stage_req(&[("nqn", "nqn.2024-01.dev.ferrite:v"), ("targets", "127.0.0.1:4420")]))
+        .node_stage_volume(stage_req(&[
+            ("nqn", "nqn.2024-01.dev.ferrite:v"),
+            ("targets", "127.0.0.1:4420"),
+        ]))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
     assert!(e.message().contains("nvme-tcp"), "{}", e.message());
-    assert!(std::fs::read_dir(h.root.join("state")).map(|d| d.count()).unwrap_or(0) == 0);
+    assert!(
+        std::fs::read_dir(h.root.join("state"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 0
+    );
     // Undoing what was never done succeeds (idempotent).
     h.node
         .node_unstage_volume(NodeUnstageVolumeRequest {
@@ -270,7 +365,10 @@ async fn calls_without_a_kernel() {
         .node_expand_volume(NodeExpandVolumeRequest {
             volume_id: "pv-unknown".into(),
             volume_path: "relative/path".into(),
-            capacity_range: Some(CapacityRange { required_bytes: 10, limit_bytes: 5 }),
+            capacity_range: Some(CapacityRange {
+                required_bytes: 10,
+                limit_bytes: 5,
+            }),
             ..Default::default()
         })
         .await

@@ -23,7 +23,13 @@ pub struct ApiNode {
 impl ApiNode {
     /// Starts node `name` on `ip` with binary `bin`, keeping its files in `dir`.
     pub fn start(bin: &Path, name: &str, ip: &str, dir: &Path) -> Result<ApiNode, String> {
-        let mut n = ApiNode { name: name.into(), ip: ip.into(), bin: bin.into(), dir: dir.into(), child: None };
+        let mut n = ApiNode {
+            name: name.into(),
+            ip: ip.into(),
+            bin: bin.into(),
+            dir: dir.into(),
+            child: None,
+        };
         n.restart()?;
         Ok(n)
     }
@@ -34,7 +40,8 @@ impl ApiNode {
             return Err(format!("node {} is running", self.name));
         }
         let config = self.dir.join(format!("{}.yaml", self.name));
-        std::fs::write(&config, format!("node: {{name: {}}}\n", self.name)).map_err(|e| format!("config: {e}"))?;
+        std::fs::write(&config, format!("node: {{name: {}}}\n", self.name))
+            .map_err(|e| format!("config: {e}"))?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -74,12 +81,19 @@ impl ApiNode {
 
     /// Compares the replicas of a volume this node serves (node API `CompareVolume`).
     pub async fn compare(&self, volume: &str) -> pb::CompareVolumeResponse {
-        crate::tls::compare(&self.url(), volume).await.unwrap_or_else(|e| panic!("{e}"))
+        crate::tls::compare(&self.url(), volume)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// The HTTP endpoint address (`/metrics`, `/v1/status`, compare).
     pub fn http_addr(&self) -> std::net::SocketAddr {
-        std::net::SocketAddr::new(self.ip.parse().unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()), 9420)
+        std::net::SocketAddr::new(
+            self.ip
+                .parse()
+                .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()),
+            9420,
+        )
     }
 
     /// A node API client, waiting up to 30 s for the node to listen.
@@ -89,17 +103,35 @@ impl ApiNode {
 
     /// The replicas the node holds (ListReplicas).
     pub async fn replicas(&self) -> Vec<pb::Replica> {
-        self.client().await.list_replicas(pb::ListReplicasRequest {}).await.expect("ListReplicas").into_inner().replicas
+        self.client()
+            .await
+            .list_replicas(pb::ListReplicasRequest {})
+            .await
+            .expect("ListReplicas")
+            .into_inner()
+            .replicas
     }
 
     /// The volumes the node serves (ListVolumes).
     pub async fn volumes(&self) -> Vec<pb::Volume> {
-        self.client().await.list_volumes(pb::ListVolumesRequest {}).await.expect("ListVolumes").into_inner().volumes
+        self.client()
+            .await
+            .list_volumes(pb::ListVolumesRequest {})
+            .await
+            .expect("ListVolumes")
+            .into_inner()
+            .volumes
     }
 
     /// The pools the node holds (ListPools).
     pub async fn pools(&self) -> Vec<pb::Pool> {
-        self.client().await.list_pools(pb::ListPoolsRequest {}).await.expect("ListPools").into_inner().pools
+        self.client()
+            .await
+            .list_pools(pb::ListPoolsRequest {})
+            .await
+            .expect("ListPools")
+            .into_inner()
+            .pools
     }
 }
 

@@ -64,7 +64,12 @@ impl Node {
 
     /// A disk backend spec for this node's `i`th sparse disk.
     pub fn disk(&self, i: usize, size: &str) -> String {
-        format!("file:{}:{size}", self.dir.join(format!("{}-disk{i}.img", self.name)).display())
+        format!(
+            "file:{}:{size}",
+            self.dir
+                .join(format!("{}-disk{i}.img", self.name))
+                .display()
+        )
     }
 
     /// The node API URL (mutual TLS).
@@ -73,7 +78,10 @@ impl Node {
     }
 
     /// Compares a volume's replicas on this node (node API `CompareVolume`).
-    pub async fn compare(&self, volume: &str) -> Result<ferrite_api::node::v1::CompareVolumeResponse, String> {
+    pub async fn compare(
+        &self,
+        volume: &str,
+    ) -> Result<ferrite_api::node::v1::CompareVolumeResponse, String> {
         crate::tls::compare(&self.api_url(), volume).await
     }
 
@@ -91,7 +99,8 @@ impl Node {
             self.dir.join(format!("{}-state", self.name)).display(),
         );
         std::fs::create_dir_all(&self.dir).map_err(|e| e.to_string())?;
-        std::fs::write(self.config_path(), text).map_err(|e| format!("writing {}: {e}", self.config_path().display()))
+        std::fs::write(self.config_path(), text)
+            .map_err(|e| format!("writing {}: {e}", self.config_path().display()))
     }
 
     /// Starts the datapath with the config file.
@@ -99,8 +108,15 @@ impl Node {
         if self.dp.is_some() {
             return Err(format!("node {} already running", self.name));
         }
-        let args = vec!["--config".to_string(), self.config_path().display().to_string()];
-        self.dp = Some(Datapath::start_wrapped(self.nvme_addr(), &self.wrapper, &args)?);
+        let args = vec![
+            "--config".to_string(),
+            self.config_path().display().to_string(),
+        ];
+        self.dp = Some(Datapath::start_wrapped(
+            self.nvme_addr(),
+            &self.wrapper,
+            &args,
+        )?);
         Ok(())
     }
 
@@ -113,12 +129,19 @@ impl Node {
 
     /// Stops the datapath with SIGTERM; returns its exit code.
     pub fn stop(&mut self) -> Result<i32, String> {
-        self.dp.take().ok_or_else(|| format!("node {} is not running", self.name))?.stop()
+        self.dp
+            .take()
+            .ok_or_else(|| format!("node {} is not running", self.name))?
+            .stop()
     }
 
     /// Sends SIGHUP (reload the config file).
     pub fn reload(&self) -> Result<(), String> {
-        let pid = self.dp.as_ref().and_then(|d| d.pid()).ok_or("not running")?;
+        let pid = self
+            .dp
+            .as_ref()
+            .and_then(|d| d.pid())
+            .ok_or("not running")?;
         // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
         if unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) } != 0 {
             return Err(format!("kill(SIGHUP): {}", std::io::Error::last_os_error()));
@@ -148,7 +171,11 @@ impl Node {
     /// The status of volume `uuid`, if the node serves it.
     pub fn volume(&self, uuid: &str) -> Option<serde_json::Value> {
         let st = self.status().ok()?;
-        st["volumes"].as_array()?.iter().find(|v| v["uuid"] == uuid).cloned()
+        st["volumes"]
+            .as_array()?
+            .iter()
+            .find(|v| v["uuid"] == uuid)
+            .cloned()
     }
 
     /// Waits until `pred` holds for the volume's status (or fails after `timeout`).
@@ -168,7 +195,10 @@ impl Node {
                 return Ok(v.clone());
             }
             if Instant::now() > deadline {
-                return Err(format!("volume {uuid} on {}: not {what} after {timeout:?}; last status: {v:?}", self.name));
+                return Err(format!(
+                    "volume {uuid} on {}: not {what} after {timeout:?}; last status: {v:?}",
+                    self.name
+                ));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -177,13 +207,26 @@ impl Node {
 
 /// A minimal HTTP/1.1 GET.
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| format!("connect {addr}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(120))).map_err(|e| e.to_string())?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(120)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
     let mut raw = String::new();
-    s.read_to_string(&mut raw).map_err(|e| format!("reading from {addr}: {e}"))?;
-    let (head, body) = raw.split_once("\r\n\r\n").ok_or_else(|| format!("malformed HTTP answer: {raw}"))?;
-    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| format!("no status in {head}"))?;
+    s.read_to_string(&mut raw)
+        .map_err(|e| format!("reading from {addr}: {e}"))?;
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("malformed HTTP answer: {raw}"))?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no status in {head}"))?;
     Ok((code, body.to_string()))
 }
 
@@ -198,9 +241,16 @@ pub struct NetNs {
 }
 
 fn ip(args: &[&str]) -> Result<(), String> {
-    let out = std::process::Command::new("ip").args(args).output().map_err(|e| format!("ip {args:?}: {e}"))?;
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip {args:?}: {e}"))?;
     if !out.status.success() {
-        return Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr)));
+        return Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
     Ok(())
 }
@@ -216,12 +266,27 @@ impl NetNs {
         let _ = ip(&["netns", "del", &name]);
         let _ = ip(&["link", "del", &host_if]);
         ip(&["netns", "add", &name])?;
-        let ns = NetNs { name: name.clone(), host_if: host_if.clone(), inner: inner.parse().map_err(|e| format!("{e}"))?, outer: outer.parse().map_err(|e| format!("{e}"))? };
-        ip(&["link", "add", &host_if, "type", "veth", "peer", "name", &ns_if])?;
+        let ns = NetNs {
+            name: name.clone(),
+            host_if: host_if.clone(),
+            inner: inner.parse().map_err(|e| format!("{e}"))?,
+            outer: outer.parse().map_err(|e| format!("{e}"))?,
+        };
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
+        ])?;
         ip(&["link", "set", &ns_if, "netns", &name])?;
         ip(&["addr", "add", &format!("{outer}/30"), "dev", &host_if])?;
         ip(&["link", "set", &host_if, "up"])?;
-        ip(&["-n", &name, "addr", "add", &format!("{inner}/30"), "dev", &ns_if])?;
+        ip(&[
+            "-n",
+            &name,
+            "addr",
+            "add",
+            &format!("{inner}/30"),
+            "dev",
+            &ns_if,
+        ])?;
         ip(&["-n", &name, "link", "set", &ns_if, "up"])?;
         ip(&["-n", &name, "link", "set", "lo", "up"])?;
         Ok(ns)
@@ -229,7 +294,12 @@ impl NetNs {
 
     /// The wrapper that runs a command inside the namespace.
     pub fn wrapper(&self) -> Vec<String> {
-        vec!["ip".into(), "netns".into(), "exec".into(), self.name.clone()]
+        vec![
+            "ip".into(),
+            "netns".into(),
+            "exec".into(),
+            self.name.clone(),
+        ]
     }
 
     pub fn cut(&self) -> Result<(), String> {

@@ -16,16 +16,29 @@ pub fn binary() -> Result<PathBuf, String> {
     }
     let root = workspace_root();
     let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "-p", "ferrite-datapath", "--bin", "ferrite-datapath"])
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "ferrite-datapath",
+            "--bin",
+            "ferrite-datapath",
+        ])
         .current_dir(&root)
         .status()
         .map_err(|e| format!("running cargo build: {e}"))?;
     if !status.success() {
         return Err(format!("cargo build -p ferrite-datapath failed: {status}"));
     }
-    let target_dir = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
+    let target_dir = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
     let bin = target_dir.join("debug").join("ferrite-datapath");
-    if bin.exists() { Ok(bin) } else { Err(format!("{} not found after the build", bin.display())) }
+    if bin.exists() {
+        Ok(bin)
+    } else {
+        Err(format!("{} not found after the build", bin.display()))
+    }
 }
 
 /// A running datapath process; killed (SIGKILL) when dropped unless stopped first.
@@ -43,7 +56,11 @@ impl Datapath {
 
     /// Like [`Datapath::start`], run through `wrapper` (e.g. `ip netns exec NS`), which must
     /// exec the datapath in place so that signals reach it.
-    pub fn start_wrapped(addr: SocketAddr, wrapper: &[String], args: &[String]) -> Result<Datapath, String> {
+    pub fn start_wrapped(
+        addr: SocketAddr,
+        wrapper: &[String],
+        args: &[String],
+    ) -> Result<Datapath, String> {
         let bin = binary()?;
         let mut cmd = match wrapper.split_first() {
             Some((first, rest)) => {
@@ -55,17 +72,28 @@ impl Datapath {
         };
         let mut child = cmd
             .args(args)
-            .env("RUST_LOG", std::env::var("FERRITE_TEST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("FERRITE_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| format!("starting {}: {e}", bin.display()))?;
         let log = Arc::new(Mutex::new(Vec::new()));
-        for pipe in [child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
-                     child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>)]
-            .into_iter()
-            .flatten()
+        for pipe in [
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
         {
             let log = log.clone();
             std::thread::spawn(move || {
@@ -77,7 +105,11 @@ impl Datapath {
                 }
             });
         }
-        let mut dp = Datapath { child: Some(child), addr, log };
+        let mut dp = Datapath {
+            child: Some(child),
+            addr,
+            log,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
             if let Some(c) = dp.child.as_mut()
@@ -105,17 +137,24 @@ impl Datapath {
 
     /// Sends SIGTERM and waits for a clean exit; returns the exit code.
     pub fn stop(mut self) -> Result<i32, String> {
-        let Some(mut child) = self.child.take() else { return Err("already stopped".into()) };
+        let Some(mut child) = self.child.take() else {
+            return Err("already stopped".into());
+        };
         // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
         let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
         if rc != 0 {
-            return Err(format!("kill(SIGTERM) failed: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "kill(SIGTERM) failed: {}",
+                std::io::Error::last_os_error()
+            ));
         }
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             match child.try_wait() {
                 Ok(Some(s)) => return Ok(s.code().unwrap_or(-1)),
-                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
                 Ok(None) => {
                     let _ = child.kill();
                     return Err("datapath did not exit within 20 s of SIGTERM".into());

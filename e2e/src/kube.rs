@@ -84,7 +84,11 @@ impl KubeBed {
             .stdin(Stdio::null())
             .output()
             .map_err(|e| format!("running {}: {e}", script.display()))?;
-        let mut bed = KubeBed { dir: Some(dir), path, env: BTreeMap::new() };
+        let mut bed = KubeBed {
+            dir: Some(dir),
+            path,
+            env: BTreeMap::new(),
+        };
         if !out.status.success() {
             return Err(format!(
                 "start.sh failed ({}):\n{}",
@@ -131,7 +135,9 @@ impl KubeBed {
     /// A `kubectl` command with `--kubeconfig` set (version-skew warnings silenced).
     pub fn kubectl_cmd(&self) -> Command {
         let mut c = Command::new(self.kubectl_path());
-        c.arg("--kubeconfig").arg(self.kubeconfig()).arg("--warnings-as-errors=false");
+        c.arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .arg("--warnings-as-errors=false");
         c.stdin(Stdio::null());
         c
     }
@@ -156,15 +162,24 @@ impl KubeBed {
             .spawn()
             .map_err(|e| format!("running kubectl: {e}"))?;
         if let Some(mut input) = child.stdin.take() {
-            input.write_all(stdin.as_bytes()).map_err(|e| format!("kubectl stdin: {e}"))?;
+            input
+                .write_all(stdin.as_bytes())
+                .map_err(|e| format!("kubectl stdin: {e}"))?;
         }
-        child.wait_with_output().map(Kubectl::from).map_err(|e| format!("kubectl: {e}"))
+        child
+            .wait_with_output()
+            .map(Kubectl::from)
+            .map_err(|e| format!("kubectl: {e}"))
     }
 
     /// Runs kubectl with `args` and fails with its stderr unless it succeeds.
     pub fn kubectl_ok(&self, args: &[&str]) -> Result<String, String> {
         let r = self.kubectl(args)?;
-        if r.ok { Ok(r.stdout) } else { Err(format!("kubectl {}: {}", args.join(" "), r.stderr)) }
+        if r.ok {
+            Ok(r.stdout)
+        } else {
+            Err(format!("kubectl {}: {}", args.join(" "), r.stderr))
+        }
     }
 
     /// Polls `f` every 200 ms until it returns `Some` or `timeout` passes.
@@ -245,14 +260,23 @@ pub fn operator_binary() -> Result<PathBuf, String> {
     }
     let root = workspace_root();
     let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "-p", "ferrite-operator", "--bin", "ferrite-operator"])
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "ferrite-operator",
+            "--bin",
+            "ferrite-operator",
+        ])
         .current_dir(&root)
         .status()
         .map_err(|e| format!("running cargo build: {e}"))?;
     if !status.success() {
         return Err(format!("cargo build -p ferrite-operator failed: {status}"));
     }
-    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
     Ok(target.join("debug/ferrite-operator"))
 }
 
@@ -265,11 +289,22 @@ impl OperatorProcess {
     /// Starts the operator against `bed` with `--identity op-N`, a 1 s resync, the Lease in
     /// `default`, the test CA's node API client certificate ([`crate::tls::pki_dir`]) and
     /// `extra` arguments; logs to `DIR/operator-N.log`.
-    pub fn start(bed: &KubeBed, bin: &Path, n: u32, extra: &[String]) -> Result<OperatorProcess, String> {
+    pub fn start(
+        bed: &KubeBed,
+        bin: &Path,
+        n: u32,
+        extra: &[String],
+    ) -> Result<OperatorProcess, String> {
         let log = std::fs::File::create(bed.dir().join(format!("operator-{n}.log")))
             .map_err(|e| format!("operator log: {e}"))?;
         let child = Command::new(bin)
-            .args(["--resync-secs", "1", "--lease-namespace", "default", "--identity"])
+            .args([
+                "--resync-secs",
+                "1",
+                "--lease-namespace",
+                "default",
+                "--identity",
+            ])
             .arg(format!("op-{n}"))
             .arg("--node-tls-dir")
             .arg(crate::tls::pki_dir())

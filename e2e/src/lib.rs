@@ -3,8 +3,8 @@
 //! CSI clients.
 
 pub mod api_node;
-pub mod csi;
 pub mod cluster;
+pub mod csi;
 pub mod datapath;
 pub mod helm;
 pub mod kube;
@@ -17,7 +17,10 @@ use std::path::PathBuf;
 
 /// The workspace root (the folder holding the top-level Cargo.toml).
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."))
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.

@@ -36,7 +36,12 @@ pub fn run_guest(script: &str, timeout_s: u32, env: &[(&str, String)]) -> Result
 }
 
 /// [`run_guest`] with extra binaries, a host NQN, network or kernel options.
-pub fn run_guest_with(script: &str, timeout_s: u32, env: &[(&str, String)], opts: &GuestOptions) -> Result<GuestRun, String> {
+pub fn run_guest_with(
+    script: &str,
+    timeout_s: u32,
+    env: &[(&str, String)],
+    opts: &GuestOptions,
+) -> Result<GuestRun, String> {
     let qemu = workspace_root().join("e2e").join("qemu");
     let prep = Command::new("bash")
         .arg(qemu.join("prepare.sh"))
@@ -52,7 +57,9 @@ pub fn run_guest_with(script: &str, timeout_s: u32, env: &[(&str, String)], opts
     }
     let script_path: PathBuf = qemu.join("guest").join(script);
     let mut cmd = Command::new("bash");
-    cmd.arg(qemu.join("run-guest.sh")).arg(&script_path).arg(timeout_s.to_string());
+    cmd.arg(qemu.join("run-guest.sh"))
+        .arg(&script_path)
+        .arg(timeout_s.to_string());
     for (k, v) in env {
         cmd.arg(format!("{k}={v}"));
     }
@@ -72,7 +79,16 @@ pub fn run_guest_with(script: &str, timeout_s: u32, env: &[(&str, String)], opts
     if let Some(b) = &opts.bed {
         cmd.env("FERRITE_QEMU_BED", b);
     }
-    let out = cmd.output().map_err(|e| format!("running run-guest.sh: {e}"))?;
-    let output = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    Ok(GuestRun { passed: out.status.success() && output.contains("FERRITE-GUEST-RESULT: PASS"), output })
+    let out = cmd
+        .output()
+        .map_err(|e| format!("running run-guest.sh: {e}"))?;
+    let output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(GuestRun {
+        passed: out.status.success() && output.contains("FERRITE-GUEST-RESULT: PASS"),
+        output,
+    })
 }

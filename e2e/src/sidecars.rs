@@ -18,7 +18,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use ferrite_api::csi::v1 as csi;
-use ferrite_api::csi::v1::volume_capability::{AccessMode, AccessType, BlockVolume, MountVolume, access_mode::Mode};
+use ferrite_api::csi::v1::volume_capability::{
+    AccessMode, AccessType, BlockVolume, MountVolume, access_mode::Mode,
+};
 
 /// The provisioner flags the chart passes.
 #[derive(Debug, Clone)]
@@ -93,11 +95,18 @@ fn flatten(terms: &[Vec<(String, Vec<String>)>]) -> Vec<Segments> {
 
 /// 32-bit FNV-1a, as the provisioner hashes PV names to rotate preferred terms.
 fn fnv32a(s: &str) -> u32 {
-    s.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+    s.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
 }
 
 fn to_csi(terms: &[Segments]) -> Vec<csi::Topology> {
-    terms.iter().map(|s| csi::Topology { segments: s.iter().map(|(k, v)| (k.clone(), v.clone())).collect() }).collect()
+    terms
+        .iter()
+        .map(|s| csi::Topology {
+            segments: s.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        })
+        .collect()
 }
 
 /// The topology requirement external-provisioner sends, or an error where it refuses to
@@ -114,13 +123,23 @@ pub fn accessibility(
     if let Some(sel) = selected
         && flags.strict_topology
     {
-        if !allowed.is_empty() && !allowed.iter().any(|t| t.iter().all(|(k, v)| sel.get(k) == Some(v))) {
-            return Err(format!("selected node topology {sel:?} is not in allowed topologies {allowed:?}"));
+        if !allowed.is_empty()
+            && !allowed
+                .iter()
+                .any(|t| t.iter().all(|(k, v)| sel.get(k) == Some(v)))
+        {
+            return Err(format!(
+                "selected node topology {sel:?} is not in allowed topologies {allowed:?}"
+            ));
         }
         requisite.push(sel.clone());
     }
     if requisite.is_empty() {
-        requisite = if allowed.is_empty() { registered.to_vec() } else { allowed };
+        requisite = if allowed.is_empty() {
+            registered.to_vec()
+        } else {
+            allowed
+        };
     }
     requisite.sort();
     requisite.dedup();
@@ -131,7 +150,10 @@ pub fn accessibility(
         Some(_) if flags.strict_topology => requisite.clone(),
         Some(sel) => {
             let mut p = requisite.clone();
-            let i = p.iter().position(|t| t == sel).ok_or("selected topology not in requisite")?;
+            let i = p
+                .iter()
+                .position(|t| t == sel)
+                .ok_or("selected topology not in requisite")?;
             p.rotate_left(i);
             p
         }
@@ -142,24 +164,36 @@ pub fn accessibility(
             p
         }
     };
-    Ok(Some(csi::TopologyRequirement { requisite: to_csi(&requisite), preferred: to_csi(&preferred) }))
+    Ok(Some(csi::TopologyRequirement {
+        requisite: to_csi(&requisite),
+        preferred: to_csi(&preferred),
+    }))
 }
 
 /// The access mode a ReadWriteOnce claim maps to.
 fn capability(block: bool, fs_type: &str) -> csi::VolumeCapability {
     csi::VolumeCapability {
-        access_mode: Some(AccessMode { mode: Mode::SingleNodeWriter as i32 }),
+        access_mode: Some(AccessMode {
+            mode: Mode::SingleNodeWriter as i32,
+        }),
         access_type: Some(if block {
             AccessType::Block(BlockVolume {})
         } else {
-            AccessType::Mount(MountVolume { fs_type: fs_type.into(), ..Default::default() })
+            AccessType::Mount(MountVolume {
+                fs_type: fs_type.into(),
+                ..Default::default()
+            })
         }),
     }
 }
 
 /// The filesystem type the provisioner puts in the mount capability.
 pub fn fs_type(flags: &ProvisionerFlags, class: &Class) -> String {
-    class.parameters.get("csi.storage.k8s.io/fstype").cloned().unwrap_or_else(|| flags.default_fstype.clone())
+    class
+        .parameters
+        .get("csi.storage.k8s.io/fstype")
+        .cloned()
+        .unwrap_or_else(|| flags.default_fstype.clone())
 }
 
 /// external-provisioner's CreateVolume for `claim` of `class`.
@@ -171,16 +205,26 @@ pub fn create_volume_request(
     registered: &[Segments],
 ) -> Result<csi::CreateVolumeRequest, String> {
     let pv = claim.pv_name();
-    let mut parameters: HashMap<String, String> =
-        class.parameters.iter().filter(|(k, _)| !k.starts_with("csi.storage.k8s.io/")).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut parameters: HashMap<String, String> = class
+        .parameters
+        .iter()
+        .filter(|(k, _)| !k.starts_with("csi.storage.k8s.io/"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     if flags.extra_create_metadata {
         parameters.insert("csi.storage.k8s.io/pvc/name".into(), claim.name.clone());
-        parameters.insert("csi.storage.k8s.io/pvc/namespace".into(), claim.namespace.clone());
+        parameters.insert(
+            "csi.storage.k8s.io/pvc/namespace".into(),
+            claim.namespace.clone(),
+        );
         parameters.insert("csi.storage.k8s.io/pv/name".into(), pv.clone());
     }
     Ok(csi::CreateVolumeRequest {
         name: pv.clone(),
-        capacity_range: Some(csi::CapacityRange { required_bytes: claim.bytes, limit_bytes: 0 }),
+        capacity_range: Some(csi::CapacityRange {
+            required_bytes: claim.bytes,
+            limit_bytes: 0,
+        }),
         volume_capabilities: vec![capability(claim.block, &fs_type(flags, class))],
         parameters,
         secrets: HashMap::new(),
@@ -213,24 +257,39 @@ mod tests {
     use super::*;
 
     fn seg(node: &str, zone: &str) -> Segments {
-        [("topology.ferrite.dev/node".to_string(), node.to_string()), ("topology.kubernetes.io/zone".to_string(), zone.to_string())]
-            .into()
+        [
+            ("topology.ferrite.dev/node".to_string(), node.to_string()),
+            ("topology.kubernetes.io/zone".to_string(), zone.to_string()),
+        ]
+        .into()
     }
 
     fn flags() -> ProvisionerFlags {
-        ProvisionerFlags { strict_topology: true, extra_create_metadata: true, default_fstype: "ext4".into() }
+        ProvisionerFlags {
+            strict_topology: true,
+            extra_create_metadata: true,
+            default_fstype: "ext4".into(),
+        }
     }
 
     #[test]
     fn strict_topology_sends_only_the_selected_node() {
         let all = [seg("a", "z1"), seg("b", "z1"), seg("c", "z2")];
-        let class = Class { wait_for_first_consumer: true, ..Class::default() };
-        let t = accessibility(&flags(), &class, "pvc-1", Some(&all[1]), &all).unwrap().unwrap();
+        let class = Class {
+            wait_for_first_consumer: true,
+            ..Class::default()
+        };
+        let t = accessibility(&flags(), &class, "pvc-1", Some(&all[1]), &all)
+            .unwrap()
+            .unwrap();
         assert_eq!(t.requisite, to_csi(&all[1..2]));
         assert_eq!(t.preferred, t.requisite);
         // The selected node outside allowedTopologies is refused by the provisioner itself.
         let zoned = Class {
-            allowed_topologies: vec![vec![("topology.kubernetes.io/zone".into(), vec!["z2".into()])]],
+            allowed_topologies: vec![vec![(
+                "topology.kubernetes.io/zone".into(),
+                vec!["z2".into()],
+            )]],
             ..class
         };
         assert!(accessibility(&flags(), &zoned, "pvc-1", Some(&all[0]), &all).is_err());
@@ -239,17 +298,24 @@ mod tests {
     #[test]
     fn immediate_binding_sends_every_node_rotated() {
         let all = [seg("a", "z1"), seg("b", "z1"), seg("c", "z2")];
-        let t = accessibility(&flags(), &Class::default(), "pvc-9", None, &all).unwrap().unwrap();
+        let t = accessibility(&flags(), &Class::default(), "pvc-9", None, &all)
+            .unwrap()
+            .unwrap();
         assert_eq!(t.requisite.len(), 3);
         assert_eq!(t.preferred.len(), 3);
         let i = (fnv32a("pvc-9") as usize) % 3;
         assert_eq!(t.preferred[0], to_csi(&all)[i]);
         // allowedTopologies replaces the registered nodes.
         let zoned = Class {
-            allowed_topologies: vec![vec![("topology.kubernetes.io/zone".into(), vec!["z1".into(), "z2".into()])]],
+            allowed_topologies: vec![vec![(
+                "topology.kubernetes.io/zone".into(),
+                vec!["z1".into(), "z2".into()],
+            )]],
             ..Class::default()
         };
-        let t = accessibility(&flags(), &zoned, "pvc-9", None, &all).unwrap().unwrap();
+        let t = accessibility(&flags(), &zoned, "pvc-9", None, &all)
+            .unwrap()
+            .unwrap();
         assert_eq!(t.requisite.len(), 2);
     }
 
@@ -262,7 +328,13 @@ mod tests {
                 .collect(),
             ..Class::default()
         };
-        let claim = Claim { name: "data".into(), namespace: "ns".into(), uid: "u1".into(), bytes: 1 << 20, block: false };
+        let claim = Claim {
+            name: "data".into(),
+            namespace: "ns".into(),
+            uid: "u1".into(),
+            bytes: 1 << 20,
+            block: false,
+        };
         let r = create_volume_request(&flags(), &class, &claim, None, &[seg("a", "z1")]).unwrap();
         assert_eq!(r.name, "pvc-u1");
         assert_eq!(r.parameters.get("replicas").map(String::as_str), Some("2"));

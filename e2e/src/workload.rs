@@ -37,7 +37,10 @@ pub fn check(lba: u64, b: &[u8]) -> Result<u64, String> {
         return Err(format!("lba {lba}: {} bytes", b.len()));
     }
     if &b[..8] != MAGIC {
-        return Err(format!("lba {lba}: no block header (all zero: {})", b.iter().all(|&x| x == 0)));
+        return Err(format!(
+            "lba {lba}: no block header (all zero: {})",
+            b.iter().all(|&x| x == 0)
+        ));
     }
     let got_lba = u64::from_le_bytes(b[8..16].try_into().map_err(|_| "short")?);
     let seq = u64::from_le_bytes(b[16..24].try_into().map_err(|_| "short")?);
@@ -71,7 +74,11 @@ impl Report {
     /// The start of the last flush that completed before `t`: writes acknowledged before it are
     /// durable on every replica; later ones may be lost by a replica that crashes at `t`.
     pub fn last_flush_before(&self, t: Instant) -> Option<Instant> {
-        self.flushes_at.iter().filter(|(_, end)| *end < t).map(|(start, _)| *start).max()
+        self.flushes_at
+            .iter()
+            .filter(|(_, end)| *end < t)
+            .map(|(start, _)| *start)
+            .max()
     }
 
     /// 1 MiB regions holding LBAs written (acknowledged) at or after `since`.
@@ -123,7 +130,9 @@ pub async fn run(
                             r.written_at.insert(lba, now);
                         });
                     }
-                    Err(e) => record(&report, &|r| r.io_errors.push(format!("write lba {lba}: {e}"))),
+                    Err(e) => record(&report, &|r| {
+                        r.io_errors.push(format!("write lba {lba}: {e}"))
+                    }),
                 }
                 n += 1;
                 if n.is_multiple_of(16) {
@@ -140,8 +149,12 @@ pub async fn run(
                     }
                 }
                 let keys: Vec<u64> = mine.keys().copied().collect();
-                let probe = keys[rng.random_range(0..keys.len().max(1)).min(keys.len().saturating_sub(1))];
-                let Some(&want) = mine.get(&probe) else { continue };
+                let probe = keys[rng
+                    .random_range(0..keys.len().max(1))
+                    .min(keys.len().saturating_sub(1))];
+                let Some(&want) = mine.get(&probe) else {
+                    continue;
+                };
                 match ctrl.read(nsid, probe, 1).await {
                     Ok(buf) => {
                         let verdict = check(probe, &buf);
@@ -149,12 +162,16 @@ pub async fn run(
                             r.reads += 1;
                             match &verdict {
                                 Ok(s) if *s == want => {}
-                                Ok(s) => r.verify_failures.push(format!("lba {probe}: read seq {s}, acknowledged {want}")),
+                                Ok(s) => r.verify_failures.push(format!(
+                                    "lba {probe}: read seq {s}, acknowledged {want}"
+                                )),
                                 Err(e) => r.verify_failures.push(e.clone()),
                             }
                         });
                     }
-                    Err(e) => record(&report, &|r| r.io_errors.push(format!("read lba {probe}: {e}"))),
+                    Err(e) => record(&report, &|r| {
+                        r.io_errors.push(format!("read lba {probe}: {e}"))
+                    }),
                 }
             }
         }));
@@ -164,7 +181,13 @@ pub async fn run(
     }
     match Arc::try_unwrap(report) {
         Ok(m) => m.into_inner().unwrap_or_default(),
-        Err(shared) => shared.lock().map(|r| Report { model: r.model.clone(), ..Report::default() }).unwrap_or_default(),
+        Err(shared) => shared
+            .lock()
+            .map(|r| Report {
+                model: r.model.clone(),
+                ..Report::default()
+            })
+            .unwrap_or_default(),
     }
 }
 
@@ -191,6 +214,12 @@ pub async fn verify_all(ctrl: &Controller, nsid: u32, model: &HashMap<u64, u64>)
 
 /// Connect helper with the host defaults tests use.
 pub async fn connect(addr: std::net::SocketAddr, nqn: &str) -> Result<Arc<Controller>, String> {
-    let opts = ferrite_host::HostOptions { timeout: Duration::from_secs(30), ..Default::default() };
-    Controller::connect(addr, nqn, opts).await.map(Arc::new).map_err(|e| format!("connect {nqn} at {addr}: {e}"))
+    let opts = ferrite_host::HostOptions {
+        timeout: Duration::from_secs(30),
+        ..Default::default()
+    };
+    Controller::connect(addr, nqn, opts)
+        .await
+        .map(Arc::new)
+        .map_err(|e| format!("connect {nqn} at {addr}: {e}"))
 }

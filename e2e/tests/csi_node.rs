@@ -58,23 +58,39 @@ fn serve_control(
             }
             let words: Vec<&str> = line.split_whitespace().collect();
             let answer = match words.as_slice() {
-                ["GROW", nqn, bytes] => match (images.iter().find(|(n, _)| n == nqn), bytes.parse::<u64>()) {
-                    (Some((_, path)), Ok(bytes)) => {
-                        let grown = std::fs::OpenOptions::new().write(true).open(path).and_then(|f| f.set_len(bytes));
-                        match grown {
-                            Ok(()) => {
-                                let dev = rt.block_on(open_file(path));
-                                match target.add_namespace(nqn, NamespaceConfig { nsid: 1, device: dev }) {
-                                    Ok(()) => format!("OK {nqn} namespace 1 is now {bytes} bytes"),
-                                    Err(e) => format!("ERR {e}"),
+                ["GROW", nqn, bytes] => {
+                    match (images.iter().find(|(n, _)| n == nqn), bytes.parse::<u64>()) {
+                        (Some((_, path)), Ok(bytes)) => {
+                            let grown = std::fs::OpenOptions::new()
+                                .write(true)
+                                .open(path)
+                                .and_then(|f| f.set_len(bytes));
+                            match grown {
+                                Ok(()) => {
+                                    let dev = rt.block_on(open_file(path));
+                                    match target.add_namespace(
+                                        nqn,
+                                        NamespaceConfig {
+                                            nsid: 1,
+                                            device: dev,
+                                        },
+                                    ) {
+                                        Ok(()) => {
+                                            format!("OK {nqn} namespace 1 is now {bytes} bytes")
+                                        }
+                                        Err(e) => format!("ERR {e}"),
+                                    }
                                 }
+                                Err(e) => format!("ERR growing {}: {e}", path.display()),
                             }
-                            Err(e) => format!("ERR growing {}: {e}", path.display()),
                         }
+                        _ => "ERR unknown NQN or bad size".to_string(),
                     }
-                    _ => "ERR unknown NQN or bad size".to_string(),
-                },
-                ["REMOVE", nqn, nsid] => match nsid.parse::<u32>().map(|id| target.remove_namespace(nqn, id)) {
+                }
+                ["REMOVE", nqn, nsid] => match nsid
+                    .parse::<u32>()
+                    .map(|id| target.remove_namespace(nqn, id))
+                {
                     Ok(Ok(true)) => format!("OK {nqn} namespace {nsid} removed"),
                     Ok(Ok(false)) => "ERR no such namespace".to_string(),
                     Ok(Err(e)) => format!("ERR {e}"),
@@ -113,8 +129,12 @@ fn run_scenario(kernel_append: Option<&str>) {
     let target = Target::new(TargetOptions::default());
     let mut images = Vec::new();
     for (nqn, size) in [(NQN_FS, FS_SIZE), (NQN_BLK, BLK_SIZE), (NQN_XFS, XFS_SIZE)] {
-        let path = dir.path().join(format!("{}.img", nqn.rsplit(':').next().unwrap_or("vol")));
-        std::fs::File::create(&path).and_then(|f| f.set_len(size)).expect("backing file");
+        let path = dir
+            .path()
+            .join(format!("{}.img", nqn.rsplit(':').next().unwrap_or("vol")));
+        std::fs::File::create(&path)
+            .and_then(|f| f.set_len(size))
+            .expect("backing file");
         let device = rt.block_on(open_file(&path));
         target
             .add_subsystem(SubsystemConfig {
@@ -125,12 +145,20 @@ fn run_scenario(kernel_append: Option<&str>) {
             .expect("subsystem");
         images.push((nqn, path));
     }
-    let addr: SocketAddr = rt.block_on(target.listen("127.0.0.1:0".parse().expect("addr"))).expect("listen");
+    let addr: SocketAddr = rt
+        .block_on(target.listen("127.0.0.1:0".parse().expect("addr")))
+        .expect("listen");
 
     let ctl = TcpListener::bind("127.0.0.1:0").expect("side channel");
     let ctl_port = ctl.local_addr().expect("side channel address").port();
     let ctl_log = Arc::new(Mutex::new(Vec::new()));
-    serve_control(ctl, rt.handle().clone(), target.clone(), images.clone(), ctl_log.clone());
+    serve_control(
+        ctl,
+        rt.handle().clone(),
+        target.clone(),
+        images.clone(),
+        ctl_log.clone(),
+    );
 
     let run = qemu::run_guest_with(
         "csi-node.sh",
@@ -155,12 +183,27 @@ fn run_scenario(kernel_append: Option<&str>) {
     .expect("guest runs");
     println!("{}", run.output);
     rt.block_on(target.shutdown());
-    assert!(run.passed, "the guest script failed; see its console output above");
+    assert!(
+        run.passed,
+        "the guest script failed; see its console output above"
+    );
 
     // The side channel did what the guest asked.
     let log = ctl_log.lock().map(|l| l.clone()).unwrap_or_default();
-    assert_eq!(log.iter().filter(|l| l.starts_with("GROW") && l.contains("-> OK")).count(), 2, "{log:?}");
-    assert_eq!(log.iter().filter(|l| l.starts_with("REMOVE") && l.contains("-> OK")).count(), 1, "{log:?}");
+    assert_eq!(
+        log.iter()
+            .filter(|l| l.starts_with("GROW") && l.contains("-> OK"))
+            .count(),
+        2,
+        "{log:?}"
+    );
+    assert_eq!(
+        log.iter()
+            .filter(|l| l.starts_with("REMOVE") && l.contains("-> OK"))
+            .count(),
+        1,
+        "{log:?}"
+    );
     // The plugin formatted through the target: ext4's superblock magic (0xEF53 at byte
     // 1080) and xfs's ("XFSB" at 0) are in the backing files, which have their grown sizes.
     let read_at = |path: &Path, off: u64, n: usize| {
@@ -170,8 +213,22 @@ fn run_scenario(kernel_append: Option<&str>) {
         f.read_exact(&mut b).expect("read");
         b
     };
-    assert_eq!(read_at(&images[0].1, 1080, 2), [0x53, 0xEF], "no ext4 superblock in the fs volume");
-    assert_eq!(read_at(&images[2].1, 0, 4), *b"XFSB", "no xfs superblock in the xfs volume");
-    assert_eq!(std::fs::metadata(&images[0].1).expect("fs image").len(), FS_GROW);
-    assert_eq!(std::fs::metadata(&images[2].1).expect("xfs image").len(), XFS_GROW);
+    assert_eq!(
+        read_at(&images[0].1, 1080, 2),
+        [0x53, 0xEF],
+        "no ext4 superblock in the fs volume"
+    );
+    assert_eq!(
+        read_at(&images[2].1, 0, 4),
+        *b"XFSB",
+        "no xfs superblock in the xfs volume"
+    );
+    assert_eq!(
+        std::fs::metadata(&images[0].1).expect("fs image").len(),
+        FS_GROW
+    );
+    assert_eq!(
+        std::fs::metadata(&images[2].1).expect("xfs image").len(),
+        XFS_GROW
+    );
 }

@@ -20,19 +20,26 @@ use ferrite_api::csi::v1 as csi;
 use ferrite_api::csi::v1::controller_client::ControllerClient;
 use ferrite_api::node::v1 as pb;
 use ferrite_e2e::api_node::ApiNode;
+use ferrite_e2e::helm;
 use ferrite_e2e::kube::{KubeBed, OperatorProcess, operator_binary};
 use ferrite_e2e::sidecars::{self, Claim, Class, ProvisionerFlags, Segments};
-use ferrite_e2e::helm;
 
 const NODE_KEY: &str = "topology.ferrite.dev/node";
 const ZONE_KEY: &str = "topology.kubernetes.io/zone";
 /// The NQN each node's CSI node plugin reports as its node ID (NodeGetInfo, kept in CSINode).
 fn node_id(node: &str) -> String {
-    format!("nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-0000000000{:02x}", node.as_bytes()[0])
+    format!(
+        "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-0000000000{:02x}",
+        node.as_bytes()[0]
+    )
 }
 
 fn jsonpath(bed: &KubeBed, kind: &str, name: &str, path: &str) -> String {
-    bed.kubectl(&["get", kind, name, "-o", &format!("jsonpath={path}")]).ok().filter(|r| r.ok).map(|r| r.stdout).unwrap_or_default()
+    bed.kubectl(&["get", kind, name, "-o", &format!("jsonpath={path}")])
+        .ok()
+        .filter(|r| r.ok)
+        .map(|r| r.stdout)
+        .unwrap_or_default()
 }
 
 fn operator_log(bed: &KubeBed) -> String {
@@ -48,23 +55,35 @@ fn wait_eq(bed: &KubeBed, kind: &str, name: &str, path: &str, want: &str, secs: 
         if got == want {
             return;
         }
-        assert!(Instant::now() < deadline, "{kind}/{name} {path}: want {want:?}, got {got:?}\n{}", operator_log(bed));
+        assert!(
+            Instant::now() < deadline,
+            "{kind}/{name} {path}: want {want:?}, got {got:?}\n{}",
+            operator_log(bed)
+        );
         std::thread::sleep(Duration::from_millis(300));
     }
 }
 
 fn apply(bed: &KubeBed, yaml: &str) {
-    let r = bed.kubectl_stdin(&["apply", "-f", "-"], yaml).expect("kubectl");
+    let r = bed
+        .kubectl_stdin(&["apply", "-f", "-"], yaml)
+        .expect("kubectl");
     assert!(r.ok, "{}\n{yaml}", r.stderr);
 }
 
 /// A StorageClass as the API server has it (read back after apply).
 fn class(bed: &KubeBed, name: &str) -> Class {
-    let json = bed.kubectl_ok(&["get", "storageclass", name, "-o", "json"]).expect("get storageclass");
+    let json = bed
+        .kubectl_ok(&["get", "storageclass", name, "-o", "json"])
+        .expect("get storageclass");
     let v: serde_json::Value = serde_json::from_str(&json).expect("json");
     let parameters = v["parameters"]
         .as_object()
-        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect()
+        })
         .unwrap_or_default();
     let allowed_topologies = v["allowedTopologies"]
         .as_array()
@@ -77,8 +96,15 @@ fn class(bed: &KubeBed, name: &str) -> Class {
                         .map(|es| {
                             es.iter()
                                 .map(|e| {
-                                    let values = e["values"].as_array().map(|vs| vs.iter().filter_map(|x| x.as_str().map(String::from)).collect());
-                                    (e["key"].as_str().unwrap_or_default().to_string(), values.unwrap_or_default())
+                                    let values = e["values"].as_array().map(|vs| {
+                                        vs.iter()
+                                            .filter_map(|x| x.as_str().map(String::from))
+                                            .collect()
+                                    });
+                                    (
+                                        e["key"].as_str().unwrap_or_default().to_string(),
+                                        values.unwrap_or_default(),
+                                    )
                                 })
                                 .collect()
                         })
@@ -97,7 +123,9 @@ fn class(bed: &KubeBed, name: &str) -> Class {
 
 /// Creates a PVC of `class` (as a user would) and returns it as the provisioner sees it.
 fn claim(bed: &KubeBed, name: &str, class: &str, selected: Option<&str>) -> Claim {
-    let annotations = selected.map(|n| format!("  annotations: {{volume.kubernetes.io/selected-node: {n}}}\n")).unwrap_or_default();
+    let annotations = selected
+        .map(|n| format!("  annotations: {{volume.kubernetes.io/selected-node: {n}}}\n"))
+        .unwrap_or_default();
     apply(
         bed,
         &format!(
@@ -107,12 +135,21 @@ fn claim(bed: &KubeBed, name: &str, class: &str, selected: Option<&str>) -> Clai
     );
     let uid = jsonpath(bed, "pvc", name, "{.metadata.uid}");
     assert!(!uid.is_empty(), "PVC {name} has no uid");
-    Claim { name: name.into(), namespace: "default".into(), uid, bytes: 64 << 20, block: false }
+    Claim {
+        name: name.into(),
+        namespace: "default".into(),
+        uid,
+        bytes: 64 << 20,
+        block: false,
+    }
 }
 
 /// The nodes a Volume's replicas are on, sorted.
 fn replica_nodes(bed: &KubeBed, volume: &str) -> Vec<String> {
-    let mut n: Vec<String> = jsonpath(bed, "volume", volume, "{.status.replicas[*].node}").split_whitespace().map(String::from).collect();
+    let mut n: Vec<String> = jsonpath(bed, "volume", volume, "{.status.replicas[*].node}")
+        .split_whitespace()
+        .map(String::from)
+        .collect();
     n.sort();
     n
 }
@@ -127,8 +164,18 @@ impl Nodes {
     fn contents(&self) -> Vec<String> {
         let mut out = Vec::new();
         for n in &self.all {
-            out.extend(self.rt.block_on(n.replicas()).into_iter().map(|r| format!("{}: replica {}", n.name, r.uuid)));
-            out.extend(self.rt.block_on(n.volumes()).into_iter().map(|v| format!("{}: volume {}", n.name, v.uuid)));
+            out.extend(
+                self.rt
+                    .block_on(n.replicas())
+                    .into_iter()
+                    .map(|r| format!("{}: replica {}", n.name, r.uuid)),
+            );
+            out.extend(
+                self.rt
+                    .block_on(n.volumes())
+                    .into_iter()
+                    .map(|v| format!("{}: volume {}", n.name, v.uuid)),
+            );
         }
         out
     }
@@ -150,69 +197,153 @@ fn lifecycle(
     expect_nodes: &[&str],
 ) {
     let registered: Vec<Segments> = topo.values().cloned().collect();
-    let req = sidecars::create_volume_request(flags, class, claim, selected.map(|s| &topo[s]), &registered).expect("provisioner request");
+    let req = sidecars::create_volume_request(
+        flags,
+        class,
+        claim,
+        selected.map(|s| &topo[s]),
+        &registered,
+    )
+    .expect("provisioner request");
     // The provisioner retries while the answer is not final (UNAVAILABLE: not ready yet).
     let deadline = Instant::now() + Duration::from_secs(120);
     let vol = loop {
         match nodes.rt.block_on(c.create_volume(req.clone())) {
             Ok(r) => break r.into_inner().volume.expect("volume"),
-            Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => std::thread::sleep(Duration::from_secs(1)),
-            Err(s) => panic!("CreateVolume for class {}: {s:?}\n{}", class.name, operator_log(bed)),
+            Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_secs(1))
+            }
+            Err(s) => panic!(
+                "CreateVolume for class {}: {s:?}\n{}",
+                class.name,
+                operator_log(bed)
+            ),
         }
     };
     let pv = claim.pv_name();
     assert_eq!(vol.volume_id, pv);
     assert_eq!(vol.capacity_bytes, claim.bytes);
-    assert!(vol.accessible_topology.is_empty(), "a network volume is accessible from every node: {:?}", vol.accessible_topology);
+    assert!(
+        vol.accessible_topology.is_empty(),
+        "a network volume is accessible from every node: {:?}",
+        vol.accessible_topology
+    );
     wait_eq(bed, "volume", &pv, "{.status.state}", "Online", 90);
-    let want: i32 = class.parameters.get("replicas").map_or(2, |r| r.parse().expect("replicas"));
+    let want: i32 = class
+        .parameters
+        .get("replicas")
+        .map_or(2, |r| r.parse().expect("replicas"));
     let on = replica_nodes(bed, &pv);
-    assert_eq!(on.len(), want as usize, "class {}: replicas on {on:?}", class.name);
+    assert_eq!(
+        on.len(),
+        want as usize,
+        "class {}: replicas on {on:?}",
+        class.name
+    );
     assert_eq!(on, expect_nodes, "class {}: replica placement", class.name);
     if let Some(sel) = selected {
-        assert_eq!(jsonpath(bed, "volume", &pv, "{.status.targetNode}"), sel, "the target serves from the consumer's node");
+        assert_eq!(
+            jsonpath(bed, "volume", &pv, "{.status.targetNode}"),
+            sel,
+            "the target serves from the consumer's node"
+        );
     }
 
     // The attacher: publish to the consumer's node (its registered node ID), then unpublish.
     let consumer = selected.unwrap_or("a");
     let target = jsonpath(bed, "volume", &pv, "{.status.targetNode}");
     let fs = sidecars::fs_type(flags, class);
-    let p = nodes.rt.block_on(c.controller_publish_volume(sidecars::publish_request(&vol, &node_id(consumer), false, &fs))).expect("publish");
-    assert_eq!(p.into_inner().publish_context.get("nqn"), vol.volume_context.get("nqn"));
-    let tnode = nodes.all.iter().find(|n| n.name == target).expect("target node");
+    let p = nodes
+        .rt
+        .block_on(c.controller_publish_volume(sidecars::publish_request(
+            &vol,
+            &node_id(consumer),
+            false,
+            &fs,
+        )))
+        .expect("publish");
+    assert_eq!(
+        p.into_inner().publish_context.get("nqn"),
+        vol.volume_context.get("nqn")
+    );
+    let tnode = nodes
+        .all
+        .iter()
+        .find(|n| n.name == target)
+        .expect("target node");
     let served = nodes.rt.block_on(tnode.volumes());
-    assert_eq!(served.iter().flat_map(|v| v.allowed_hosts.clone()).collect::<Vec<_>>(), [node_id(consumer)]);
+    assert_eq!(
+        served
+            .iter()
+            .flat_map(|v| v.allowed_hosts.clone())
+            .collect::<Vec<_>>(),
+        [node_id(consumer)]
+    );
     // Another node while published: FAILED_PRECONDITION (single-node access modes).
-    let e = nodes.rt.block_on(c.controller_publish_volume(sidecars::publish_request(&vol, &node_id("z"), false, &fs))).expect_err("second node");
+    let e = nodes
+        .rt
+        .block_on(c.controller_publish_volume(sidecars::publish_request(
+            &vol,
+            &node_id("z"),
+            false,
+            &fs,
+        )))
+        .expect_err("second node");
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
     nodes
         .rt
-        .block_on(c.controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest {
-            volume_id: pv.clone(),
-            node_id: node_id(consumer),
-            secrets: Default::default(),
-        }))
+        .block_on(
+            c.controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest {
+                volume_id: pv.clone(),
+                node_id: node_id(consumer),
+                secrets: Default::default(),
+            }),
+        )
         .expect("unpublish");
-    assert!(nodes.rt.block_on(tnode.volumes()).iter().all(|v| v.allowed_hosts.is_empty()));
+    assert!(
+        nodes
+            .rt
+            .block_on(tnode.volumes())
+            .iter()
+            .all(|v| v.allowed_hosts.is_empty())
+    );
 
     // The provisioner's DeleteVolume (retried while UNAVAILABLE), then nothing anywhere.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        match nodes.rt.block_on(c.delete_volume(csi::DeleteVolumeRequest { volume_id: pv.clone(), secrets: Default::default() })) {
+        match nodes.rt.block_on(c.delete_volume(csi::DeleteVolumeRequest {
+            volume_id: pv.clone(),
+            secrets: Default::default(),
+        })) {
             Ok(_) => break,
-            Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => std::thread::sleep(Duration::from_secs(1)),
+            Err(s) if s.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_secs(1))
+            }
             Err(s) => panic!("DeleteVolume: {s:?}"),
         }
     }
-    assert!(jsonpath(bed, "volume", &pv, "{.metadata.name}").is_empty(), "Volume {pv} still exists");
-    assert_eq!(nodes.contents(), Vec::<String>::new(), "left on the nodes after deleting {pv}");
-    let r = bed.kubectl(&["delete", "pvc", &claim.name, "-n", "default"]).expect("kubectl");
+    assert!(
+        jsonpath(bed, "volume", &pv, "{.metadata.name}").is_empty(),
+        "Volume {pv} still exists"
+    );
+    assert_eq!(
+        nodes.contents(),
+        Vec::<String>::new(),
+        "left on the nodes after deleting {pv}"
+    );
+    let r = bed
+        .kubectl(&["delete", "pvc", &claim.name, "-n", "default"])
+        .expect("kubectl");
     assert!(r.ok, "{}", r.stderr);
 }
 
 fn setup_nodes(bed: &KubeBed, dp: &Path, dir: &Path) -> Nodes {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let zones = [("a", "127.0.38.1", "z1"), ("b", "127.0.38.2", "z1"), ("c", "127.0.38.3", "z2")];
+    let zones = [
+        ("a", "127.0.38.1", "z1"),
+        ("b", "127.0.38.2", "z1"),
+        ("c", "127.0.38.3", "z2"),
+    ];
     let mut all = Vec::new();
     let mut yaml = String::new();
     for (name, ip, zone) in zones {
@@ -246,11 +377,21 @@ fn csi_controller_as_the_sidecars_drive_it() {
     let rendered = helm::template(&helm_bin, None, &[]);
     assert!(rendered.ok, "{}", rendered.stderr);
     let docs = helm::documents(&rendered.stdout);
-    let chart_classes: Vec<String> =
-        docs.iter().map(|d| helm::kind_and_name(d)).filter(|(k, _)| k == "StorageClass").map(|(_, n)| n).collect();
-    assert!(chart_classes.contains(&"ferrite-mirrored".to_string()), "{chart_classes:?}");
+    let chart_classes: Vec<String> = docs
+        .iter()
+        .map(|d| helm::kind_and_name(d))
+        .filter(|(k, _)| k == "StorageClass")
+        .map(|(_, n)| n)
+        .collect();
+    assert!(
+        chart_classes.contains(&"ferrite-mirrored".to_string()),
+        "{chart_classes:?}"
+    );
     for name in &chart_classes {
-        apply(&bed, helm::find(&docs, "StorageClass", name).expect("class doc"));
+        apply(
+            &bed,
+            helm::find(&docs, "StorageClass", name).expect("class doc"),
+        );
     }
     apply(
         &bed,
@@ -285,58 +426,150 @@ fn csi_controller_as_the_sidecars_drive_it() {
     // What the node plugins registered (NodeGetInfo): the node key and the zone.
     let topo: BTreeMap<String, Segments> = [("a", "z1"), ("b", "z1"), ("c", "z2")]
         .into_iter()
-        .map(|(n, z)| (n.to_string(), [(NODE_KEY.to_string(), n.to_string()), (ZONE_KEY.to_string(), z.to_string())].into()))
+        .map(|(n, z)| {
+            (
+                n.to_string(),
+                [
+                    (NODE_KEY.to_string(), n.to_string()),
+                    (ZONE_KEY.to_string(), z.to_string()),
+                ]
+                .into(),
+            )
+        })
         .collect();
-    let flags = ProvisionerFlags { strict_topology: true, extra_create_metadata: true, default_fstype: "ext4".into() };
+    let flags = ProvisionerFlags {
+        strict_topology: true,
+        extra_create_metadata: true,
+        default_fstype: "ext4".into(),
+    };
     // The chart's provisioner flags are the ones emulated.
     let op_doc = helm::find(&docs, "Deployment", "ferrite-operator").expect("operator deployment");
     let prov = helm::container_args(op_doc, "csi-provisioner");
-    for f in ["--strict-topology", "--extra-create-metadata", "--default-fstype=ext4"] {
-        assert!(prov.iter().any(|a| a == f), "chart provisioner flags {prov:?} lack {f}");
+    for f in [
+        "--strict-topology",
+        "--extra-create-metadata",
+        "--default-fstype=ext4",
+    ] {
+        assert!(
+            prov.iter().any(|a| a == f),
+            "chart provisioner flags {prov:?} lack {f}"
+        );
     }
 
     // Every chart class, WaitForFirstConsumer with the pod on a (zone z1): a replica and the
     // target on a, a second replica in the other zone (c), never both in z1.
     for (i, name) in chart_classes.iter().enumerate() {
         let cl = class(&bed, name);
-        assert!(cl.wait_for_first_consumer, "chart class {name} binds WaitForFirstConsumer");
+        assert!(
+            cl.wait_for_first_consumer,
+            "chart class {name} binds WaitForFirstConsumer"
+        );
         let claim = claim(&bed, &format!("chart-{i}"), name, Some("a"));
-        let want: Vec<&str> = if cl.parameters.get("replicas").map(String::as_str) == Some("1") { vec!["a"] } else { vec!["a", "c"] };
-        lifecycle(&bed, &nodes, &mut c, &flags, &cl, &claim, Some("a"), &topo, &want);
+        let want: Vec<&str> = if cl.parameters.get("replicas").map(String::as_str) == Some("1") {
+            vec!["a"]
+        } else {
+            vec!["a", "c"]
+        };
+        lifecycle(
+            &bed,
+            &nodes,
+            &mut c,
+            &flags,
+            &cl,
+            &claim,
+            Some("a"),
+            &topo,
+            &want,
+        );
     }
     // Pod on b: locality follows it.
     let cl = class(&bed, "ferrite-mirrored");
     let cb = claim(&bed, "on-b", "ferrite-mirrored", Some("b"));
-    lifecycle(&bed, &nodes, &mut c, &flags, &cl, &cb, Some("b"), &topo, &["b", "c"]);
+    lifecycle(
+        &bed,
+        &nodes,
+        &mut c,
+        &flags,
+        &cl,
+        &cb,
+        Some("b"),
+        &topo,
+        &["b", "c"],
+    );
     // Immediate binding: every node requisite, a rotated preferred list; two zones.
     let cl = class(&bed, "t-immediate");
     let ci = claim(&bed, "immediate", "t-immediate", None);
-    let req = sidecars::create_volume_request(&flags, &cl, &ci, None, &topo.values().cloned().collect::<Vec<_>>()).expect("request");
-    let first = req.accessibility_requirements.as_ref().expect("topology").preferred[0].segments[NODE_KEY].clone();
-    let want: Vec<&str> = if first == "c" { vec!["a", "c"] } else { vec![first.as_str(), "c"] };
+    let req = sidecars::create_volume_request(
+        &flags,
+        &cl,
+        &ci,
+        None,
+        &topo.values().cloned().collect::<Vec<_>>(),
+    )
+    .expect("request");
+    let first = req
+        .accessibility_requirements
+        .as_ref()
+        .expect("topology")
+        .preferred[0]
+        .segments[NODE_KEY]
+        .clone();
+    let want: Vec<&str> = if first == "c" {
+        vec!["a", "c"]
+    } else {
+        vec![first.as_str(), "c"]
+    };
     lifecycle(&bed, &nodes, &mut c, &flags, &cl, &ci, None, &topo, &want);
     // allowedTopologies zone z1: both replicas in z1 (a and b), none in z2.
     let cl = class(&bed, "t-zone-z1");
     let cz = claim(&bed, "zone-z1", "t-zone-z1", Some("b"));
-    lifecycle(&bed, &nodes, &mut c, &flags, &cl, &cz, Some("b"), &topo, &["a", "b"]);
+    lifecycle(
+        &bed,
+        &nodes,
+        &mut c,
+        &flags,
+        &cl,
+        &cz,
+        Some("b"),
+        &topo,
+        &["a", "b"],
+    );
 
     // Unplaceable (two replicas, one node in z2): RESOURCE_EXHAUSTED, and no Volume is left
     // behind to take storage later.
     let cl = class(&bed, "t-zone-z2");
     let cu = claim(&bed, "unplaceable", "t-zone-z2", None);
-    let req = sidecars::create_volume_request(&flags, &cl, &cu, None, &topo.values().cloned().collect::<Vec<_>>()).expect("request");
-    let e = nodes.rt.block_on(c.create_volume(req.clone())).expect_err("unplaceable");
+    let req = sidecars::create_volume_request(
+        &flags,
+        &cl,
+        &cu,
+        None,
+        &topo.values().cloned().collect::<Vec<_>>(),
+    )
+    .expect("request");
+    let e = nodes
+        .rt
+        .block_on(c.create_volume(req.clone()))
+        .expect_err("unplaceable");
     assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
     assert!(e.message().contains("allowedTopologies"), "{}", e.message());
     let deadline = Instant::now() + Duration::from_secs(30);
     while !jsonpath(&bed, "volume", &cu.pv_name(), "{.metadata.name}").is_empty() {
-        assert!(Instant::now() < deadline, "the unplaceable Volume was left behind");
+        assert!(
+            Instant::now() < deadline,
+            "the unplaceable Volume was left behind"
+        );
         std::thread::sleep(Duration::from_millis(300));
     }
     // A CreateVolume for a claim that no longer exists creates nothing.
-    let r = bed.kubectl(&["delete", "pvc", "unplaceable", "-n", "default"]).expect("kubectl");
+    let r = bed
+        .kubectl(&["delete", "pvc", "unplaceable", "-n", "default"])
+        .expect("kubectl");
     assert!(r.ok, "{}", r.stderr);
-    let e = nodes.rt.block_on(c.create_volume(req)).expect_err("claim gone");
+    let e = nodes
+        .rt
+        .block_on(c.create_volume(req))
+        .expect_err("claim gone");
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
     assert!(jsonpath(&bed, "volume", &cu.pv_name(), "{.metadata.name}").is_empty());
 
@@ -355,11 +588,28 @@ fn csi_controller_as_the_sidecars_drive_it() {
         }))
         .expect("orphan replica");
     let deadline = Instant::now() + Duration::from_secs(60);
-    while nodes.rt.block_on(nodes.all[2].replicas()).iter().any(|r| r.uuid == orphan) {
-        assert!(Instant::now() < deadline, "the orphan replica was not collected\n{}", operator_log(&bed));
+    while nodes
+        .rt
+        .block_on(nodes.all[2].replicas())
+        .iter()
+        .any(|r| r.uuid == orphan)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the orphan replica was not collected\n{}",
+            operator_log(&bed)
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
-    let events = bed.kubectl_ok(&["get", "events.events.k8s.io", "-A", "-o", "jsonpath={.items[*].reason}"]).expect("events");
+    let events = bed
+        .kubectl_ok(&[
+            "get",
+            "events.events.k8s.io",
+            "-A",
+            "-o",
+            "jsonpath={.items[*].reason}",
+        ])
+        .expect("events");
     assert!(events.contains("OrphanDestroyed"), "events: {events}");
     assert_eq!(nodes.contents(), Vec::<String>::new());
 }

@@ -1088,7 +1088,10 @@ fn install_manifest_applies_to_a_real_api_server() {
             "jsonpath={.spec.apiEndpoint}",
         ])
         .unwrap();
-    assert_eq!(fnode, "https://127.0.0.7:9421", "the node API uses mutual TLS by default");
+    assert_eq!(
+        fnode, "https://127.0.0.7:9421",
+        "the node API uses mutual TLS by default"
+    );
     let pool = bed
         .kubectl_ok(&["get", "fsp", "worker-3", "-o", "json"])
         .unwrap();

@@ -16,7 +16,8 @@ const GUEST_HOSTNQN: &str = "nqn.2014-08.org.nvmexpress:uuid:5c0a7d4e-8f1b-4d2a-
 /// Test secrets (CRC-checked `DHHC-1` form): the host's (SHA-256 transformed), the
 /// controller's (48 bytes, untransformed), and one the target does not hold.
 const HOST_KEY: &str = "DHHC-1:01:QOb355/Bs1/ygebMWwZgK4bHJdHkBtBkzcUure1wxP432OpE:";
-const CTRL_KEY: &str = "DHHC-1:00:gp90B/vePQUfKmCK+wmD1HLXgSlv0GXEYRwqO9iO5ZjJemhgyCEXXKgYOgFeSyId83Jd5w==:";
+const CTRL_KEY: &str =
+    "DHHC-1:00:gp90B/vePQUfKmCK+wmD1HLXgSlv0GXEYRwqO9iO5ZjJemhgyCEXXKgYOgFeSyId83Jd5w==:";
 const WRONG_KEY: &str = "DHHC-1:01:fbJ6jvjLNf3+UPWtKGHsWd9fQtNSXYWAbrTKl6Uh3olDR0M3:";
 
 #[test]
@@ -44,7 +45,8 @@ fn linux_6_12_authenticates_with_dh_hmac_chap() {
         ),
     )
     .expect("config written");
-    let dp = Datapath::start(addr, &["--config".into(), config.display().to_string()]).expect("datapath starts");
+    let dp = Datapath::start(addr, &["--config".into(), config.display().to_string()])
+        .expect("datapath starts");
 
     let run = qemu::run_guest_with(
         "ferrite-auth.sh",
@@ -57,17 +59,39 @@ fn linux_6_12_authenticates_with_dh_hmac_chap() {
             ("FERRITE_CTRL_KEY", CTRL_KEY.into()),
             ("FERRITE_WRONG_KEY", WRONG_KEY.into()),
         ],
-        &GuestOptions { hostnqn: Some(GUEST_HOSTNQN.into()), bed: Some("6.12".into()), ..Default::default() },
+        &GuestOptions {
+            hostnqn: Some(GUEST_HOSTNQN.into()),
+            bed: Some("6.12".into()),
+            ..Default::default()
+        },
     )
     .expect("guest runs (the 6.12 bed must be prepared: e2e/qemu/prepare.sh)");
     println!("{}", run.output);
     let log = dp.log();
     let code = dp.stop().expect("datapath stops on SIGTERM");
-    assert!(run.output.contains("6.12"), "the guest did not boot the 6.12 kernel");
-    assert!(run.passed, "the guest script failed; see its console output above");
+    assert!(
+        run.output.contains("6.12"),
+        "the guest did not boot the 6.12 kernel"
+    );
+    assert!(
+        run.passed,
+        "the guest script failed; see its console output above"
+    );
     assert_eq!(code, 0, "datapath exit code after SIGTERM");
-    let authenticated = log.iter().filter(|l| l.contains("queue authenticated")).count();
-    assert!(authenticated >= 4, "the target authenticated {authenticated} queues (admin + I/O, twice)");
-    assert!(log.iter().any(|l| l.contains("host response mismatch")), "the wrong secret was not seen by the target");
-    assert!(!log.iter().any(|l| l.contains("protocol error")), "the target saw protocol errors");
+    let authenticated = log
+        .iter()
+        .filter(|l| l.contains("queue authenticated"))
+        .count();
+    assert!(
+        authenticated >= 4,
+        "the target authenticated {authenticated} queues (admin + I/O, twice)"
+    );
+    assert!(
+        log.iter().any(|l| l.contains("host response mismatch")),
+        "the wrong secret was not seen by the target"
+    );
+    assert!(
+        !log.iter().any(|l| l.contains("protocol error")),
+        "the target saw protocol errors"
+    );
 }

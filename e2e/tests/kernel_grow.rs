@@ -26,7 +26,12 @@ const OLD_SIZE: u64 = 64 * MIB;
 const NEW_SIZE: u64 = 192 * MIB;
 
 fn pool(name: &str, disk: String) -> pb::CreatePoolRequest {
-    pb::CreatePoolRequest { name: name.into(), disks: vec![disk], stripe_size: 0, block_size: 0 }
+    pb::CreatePoolRequest {
+        name: name.into(),
+        disks: vec![disk],
+        stripe_size: 0,
+        block_size: 0,
+    }
 }
 
 fn replica(uuid: &str, pool: &str, hosts: Vec<String>) -> pb::CreateReplicaRequest {
@@ -42,40 +47,73 @@ fn replica(uuid: &str, pool: &str, hosts: Vec<String>) -> pb::CreateReplicaReque
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kernel_initiator_sees_a_mirrored_volume_grow_online() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut a = Node::new("a", "127.0.0.1".parse().expect("ip"), dir.path().to_path_buf());
+    let mut a = Node::new(
+        "a",
+        "127.0.0.1".parse().expect("ip"),
+        dir.path().to_path_buf(),
+    );
     a.nvme_port = free_port().expect("port");
     a.http_port = free_port().expect("port");
     a.grpc_port = free_port().expect("port");
-    let mut b = Node::new("b", "127.0.22.2".parse().expect("ip"), dir.path().to_path_buf());
+    let mut b = Node::new(
+        "b",
+        "127.0.22.2".parse().expect("ip"),
+        dir.path().to_path_buf(),
+    );
     for n in [&a, &b] {
         n.write_config("").expect("config");
     }
     a.start().expect("start a");
     b.start().expect("start b");
-    let (mut ca, mut cb) = (node_api_client(&a.api_url()).await, node_api_client(&b.api_url()).await);
+    let (mut ca, mut cb) = (
+        node_api_client(&a.api_url()).await,
+        node_api_client(&b.api_url()).await,
+    );
 
-    ca.create_pool(pool("pa", a.disk(0, "512MiB"))).await.expect("pool a");
-    cb.create_pool(pool("pb", b.disk(0, "512MiB"))).await.expect("pool b");
-    ca.create_replica(replica(REPLICA_A, "pa", vec![])).await.expect("replica a");
-    cb.create_replica(replica(REPLICA_B, "pb", vec![a.hostnqn()])).await.expect("replica b");
+    ca.create_pool(pool("pa", a.disk(0, "512MiB")))
+        .await
+        .expect("pool a");
+    cb.create_pool(pool("pb", b.disk(0, "512MiB")))
+        .await
+        .expect("pool b");
+    ca.create_replica(replica(REPLICA_A, "pa", vec![]))
+        .await
+        .expect("replica a");
+    cb.create_replica(replica(REPLICA_B, "pb", vec![a.hostnqn()]))
+        .await
+        .expect("replica b");
     ca.create_volume(pb::CreateVolumeRequest {
         uuid: VOLUME.into(),
         nqn: String::new(),
         replicas: vec![
-            pb::VolumeReplica { uuid: REPLICA_A.into(), address: String::new(), nqn: String::new() },
-            pb::VolumeReplica { uuid: REPLICA_B.into(), address: b.nvme_addr().to_string(), nqn: String::new() },
+            pb::VolumeReplica {
+                uuid: REPLICA_A.into(),
+                address: String::new(),
+                nqn: String::new(),
+            },
+            pb::VolumeReplica {
+                uuid: REPLICA_B.into(),
+                address: b.nvme_addr().to_string(),
+                nqn: String::new(),
+            },
         ],
         allowed_hosts: vec![GUEST_HOSTNQN.into()],
     })
     .await
     .expect("volume");
     // (Blocking the test's runtime briefly is fine: the nodes are other processes.)
-    a.wait_volume(VOLUME, Duration::from_secs(30), "online", |v| v["state"] == "Online").expect("volume online");
+    a.wait_volume(VOLUME, Duration::from_secs(30), "online", |v| {
+        v["state"] == "Online"
+    })
+    .expect("volume online");
 
     // Boot the guest; watch its console for the marker, then grow the volume.
     let log = dir.path().join("guest.log");
     let qemu = workspace_root().join("e2e").join("qemu");
-    let prep = Command::new("bash").arg(qemu.join("prepare.sh")).status().expect("prepare.sh runs");
+    let prep = Command::new("bash")
+        .arg(qemu.join("prepare.sh"))
+        .status()
+        .expect("prepare.sh runs");
     assert!(prep.success(), "e2e/qemu/prepare.sh failed");
     let mut guest = Command::new("bash")
         .arg(qemu.join("run-guest.sh"))
@@ -83,7 +121,9 @@ async fn kernel_initiator_sees_a_mirrored_volume_grow_online() {
         .arg("600")
         .arg("FERRITE_ADDR=10.0.2.2")
         .arg(format!("FERRITE_PORT={}", a.nvme_port))
-        .arg(format!("FERRITE_NQN=nqn.2024-01.dev.ferrite:volume-{VOLUME}"))
+        .arg(format!(
+            "FERRITE_NQN=nqn.2024-01.dev.ferrite:volume-{VOLUME}"
+        ))
         .env("FERRITE_QEMU_LOG", &log)
         .env("FERRITE_GUEST_HOSTNQN", GUEST_HOSTNQN)
         .stdout(Stdio::piped())
@@ -96,14 +136,23 @@ async fn kernel_initiator_sees_a_mirrored_volume_grow_online() {
     while Instant::now() < deadline {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         if text.contains(&format!("FERRITE-GROW: READY {OLD_SIZE}")) {
-            ca.resize_replica(pb::ResizeReplicaRequest { uuid: REPLICA_A.into(), size_bytes: NEW_SIZE + MIB })
-                .await
-                .expect("grow replica a");
-            cb.resize_replica(pb::ResizeReplicaRequest { uuid: REPLICA_B.into(), size_bytes: NEW_SIZE + MIB })
-                .await
-                .expect("grow replica b");
+            ca.resize_replica(pb::ResizeReplicaRequest {
+                uuid: REPLICA_A.into(),
+                size_bytes: NEW_SIZE + MIB,
+            })
+            .await
+            .expect("grow replica a");
+            cb.resize_replica(pb::ResizeReplicaRequest {
+                uuid: REPLICA_B.into(),
+                size_bytes: NEW_SIZE + MIB,
+            })
+            .await
+            .expect("grow replica b");
             let v = ca
-                .resize_volume(pb::ResizeVolumeRequest { uuid: VOLUME.into(), size_bytes: NEW_SIZE })
+                .resize_volume(pb::ResizeVolumeRequest {
+                    uuid: VOLUME.into(),
+                    size_bytes: NEW_SIZE,
+                })
                 .await
                 .expect("grow the volume")
                 .into_inner();
@@ -127,9 +176,19 @@ async fn kernel_initiator_sees_a_mirrored_volume_grow_online() {
     .expect("join");
     let console = std::fs::read_to_string(&log).unwrap_or_default();
     println!("{}\n--- console ---\n{console}", status.1);
-    assert_eq!(grown, Some(NEW_SIZE), "the guest never got ready, or the volume did not grow");
-    assert!(console.contains("FERRITE-GROW: WROTE"), "the guest did not use the new space");
-    assert!(status.0.success() && console.contains("FERRITE-GUEST-RESULT: PASS"), "the guest script failed");
+    assert_eq!(
+        grown,
+        Some(NEW_SIZE),
+        "the guest never got ready, or the volume did not grow"
+    );
+    assert!(
+        console.contains("FERRITE-GROW: WROTE"),
+        "the guest did not use the new space"
+    );
+    assert!(
+        status.0.success() && console.contains("FERRITE-GUEST-RESULT: PASS"),
+        "the guest script failed"
+    );
 
     let report = a.compare(VOLUME).await.expect("compare");
     assert!(report.identical, "{report:?}");

@@ -17,10 +17,18 @@ const REPLICA_B: &str = "00000000-0000-4000-8000-0000000000eb";
 #[test]
 fn kernel_initiator_survives_a_replica_killed_mid_write() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut a = Node::new("a", "127.0.0.1".parse().expect("ip"), dir.path().to_path_buf());
+    let mut a = Node::new(
+        "a",
+        "127.0.0.1".parse().expect("ip"),
+        dir.path().to_path_buf(),
+    );
     a.nvme_port = free_port().expect("port");
     a.http_port = free_port().expect("port");
-    let mut b = Node::new("b", "127.0.21.2".parse().expect("ip"), dir.path().to_path_buf());
+    let mut b = Node::new(
+        "b",
+        "127.0.21.2".parse().expect("ip"),
+        dir.path().to_path_buf(),
+    );
     b.write_config(&format!(
         "pools:\n  - name: pool-b\n    disks: [\"{}\"]\nreplicas:\n  - uuid: {REPLICA_B}\n    pool: pool-b\n    size: 129MiB\n    export: {{allow_hosts: [{}]}}\n",
         b.disk(0, "256MiB"),
@@ -35,12 +43,18 @@ fn kernel_initiator_survives_a_replica_killed_mid_write() {
     .unwrap();
     b.start().unwrap();
     a.start().unwrap();
-    a.wait_volume(VOLUME, Duration::from_secs(30), "online", |v| v["state"] == "Online").unwrap();
+    a.wait_volume(VOLUME, Duration::from_secs(30), "online", |v| {
+        v["state"] == "Online"
+    })
+    .unwrap();
 
     // Boot the guest; watch its console log for the marker printed right before the big write.
     let log = dir.path().join("guest.log");
     let qemu = workspace_root().join("e2e").join("qemu");
-    let prep = Command::new("bash").arg(qemu.join("prepare.sh")).status().expect("prepare.sh runs");
+    let prep = Command::new("bash")
+        .arg(qemu.join("prepare.sh"))
+        .status()
+        .expect("prepare.sh runs");
     assert!(prep.success(), "e2e/qemu/prepare.sh failed");
     let mut guest = Command::new("bash")
         .arg(qemu.join("run-guest.sh"))
@@ -48,7 +62,9 @@ fn kernel_initiator_survives_a_replica_killed_mid_write() {
         .arg("600")
         .arg("FERRITE_ADDR=10.0.2.2")
         .arg(format!("FERRITE_PORT={}", a.nvme_port))
-        .arg(format!("FERRITE_NQN=nqn.2024-01.dev.ferrite:volume-{VOLUME}"))
+        .arg(format!(
+            "FERRITE_NQN=nqn.2024-01.dev.ferrite:volume-{VOLUME}"
+        ))
         .env("FERRITE_QEMU_LOG", &log)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -79,11 +95,19 @@ fn kernel_initiator_survives_a_replica_killed_mid_write() {
     let console = std::fs::read_to_string(&log).unwrap_or_default();
     println!("{out}\n--- console ---\n{console}");
     assert!(killed, "the guest never reached the big write");
-    assert!(console.contains("FERRITE-MIRROR: WRITE DONE"), "the big write did not complete");
-    assert!(status.success() && console.contains("FERRITE-GUEST-RESULT: PASS"), "the guest script failed");
+    assert!(
+        console.contains("FERRITE-MIRROR: WRITE DONE"),
+        "the big write did not complete"
+    );
+    assert!(
+        status.success() && console.contains("FERRITE-GUEST-RESULT: PASS"),
+        "the guest script failed"
+    );
     let v = a.volume(VOLUME).expect("volume status");
     assert!(
-        v["replicas"].as_array().is_some_and(|r| r.iter().any(|x| x["uuid"] == REPLICA_B && x["in_sync"] == false)),
+        v["replicas"].as_array().is_some_and(|r| r
+            .iter()
+            .any(|x| x["uuid"] == REPLICA_B && x["in_sync"] == false)),
         "B should be out of sync after its kill: {v}"
     );
 
@@ -91,11 +115,17 @@ fn kernel_initiator_survives_a_replica_killed_mid_write() {
     b.start().unwrap();
     let v = a
         .wait_volume(VOLUME, Duration::from_secs(90), "online again", |v| {
-            v["state"] == "Online" && v["replicas"].as_array().is_some_and(|r| r.iter().all(|x| x["in_sync"] == true))
+            v["state"] == "Online"
+                && v["replicas"]
+                    .as_array()
+                    .is_some_and(|r| r.iter().all(|x| x["in_sync"] == true))
         })
         .unwrap();
     println!("after rebuild: {v}");
-    let report = tokio::runtime::Runtime::new().expect("runtime").block_on(a.compare(VOLUME)).expect("compare");
+    let report = tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(a.compare(VOLUME))
+        .expect("compare");
     assert!(report.identical, "replicas differ: {report:?}");
     assert_eq!(a.stop().unwrap(), 0);
     assert_eq!(b.stop().unwrap(), 0);

@@ -44,7 +44,10 @@ fn mirror_node_config(a: &Node, remotes: &[(&str, &Node)]) -> String {
         d0 = a.disk(0, "256MiB"),
     );
     for (uuid, node) in remotes {
-        s.push_str(&format!("      - uuid: {uuid}\n        address: {}\n", node.nvme_addr()));
+        s.push_str(&format!(
+            "      - uuid: {uuid}\n        address: {}\n",
+            node.nvme_addr()
+        ));
     }
     s
 }
@@ -66,11 +69,18 @@ fn cluster(net: u8) -> Cluster {
 }
 
 fn replica_state<'a>(vol: &'a serde_json::Value, uuid: &str) -> &'a serde_json::Value {
-    vol["replicas"].as_array().and_then(|r| r.iter().find(|x| x["uuid"] == uuid)).unwrap_or(&serde_json::Value::Null)
+    vol["replicas"]
+        .as_array()
+        .and_then(|r| r.iter().find(|x| x["uuid"] == uuid))
+        .unwrap_or(&serde_json::Value::Null)
 }
 
 fn online(v: &serde_json::Value) -> bool {
-    v["state"] == "Online" && v["replicas"].as_array().is_some_and(|r| r.iter().all(|x| x["in_sync"] == true && x["state"] == "Healthy"))
+    v["state"] == "Online"
+        && v["replicas"].as_array().is_some_and(|r| {
+            r.iter()
+                .all(|x| x["in_sync"] == true && x["state"] == "Healthy")
+        })
 }
 
 fn nqn() -> String {
@@ -86,11 +96,24 @@ struct Workload {
 }
 
 async fn start_workload(a: &Node) -> Workload {
-    let ctrl = workload::connect(a.nvme_addr(), &nqn()).await.expect("host connects to the volume");
+    let ctrl = workload::connect(a.nvme_addr(), &nqn())
+        .await
+        .expect("host connects to the volume");
     let stop = Arc::new(AtomicBool::new(false));
     let range = Arc::new(AtomicU64::new(WORKLOAD_LBAS));
-    let handle = tokio::spawn(workload::run(ctrl.clone(), 1, range.clone(), 4, stop.clone()));
-    Workload { stop, range, ctrl, handle }
+    let handle = tokio::spawn(workload::run(
+        ctrl.clone(),
+        1,
+        range.clone(),
+        4,
+        stop.clone(),
+    ));
+    Workload {
+        stop,
+        range,
+        ctrl,
+        handle,
+    }
 }
 
 impl Workload {
@@ -101,15 +124,28 @@ impl Workload {
     async fn finish(self) -> (Arc<ferrite_host::Controller>, workload::Report) {
         self.stop.store(true, Ordering::Relaxed);
         let report = self.handle.await.expect("workload task");
-        println!("workload: {} writes, {} reads, {} flushes", report.writes, report.reads, report.flushes);
+        println!(
+            "workload: {} writes, {} reads, {} flushes",
+            report.writes, report.reads, report.flushes
+        );
         (self.ctrl, report)
     }
 }
 
 fn assert_clean(r: &workload::Report) {
     assert!(r.writes > 100, "workload wrote only {} blocks", r.writes);
-    assert!(r.io_errors.is_empty(), "{} I/O errors seen by the host, first: {:?}", r.io_errors.len(), r.io_errors.first());
-    assert!(r.verify_failures.is_empty(), "{} verify failures, first: {:?}", r.verify_failures.len(), r.verify_failures.first());
+    assert!(
+        r.io_errors.is_empty(),
+        "{} I/O errors seen by the host, first: {:?}",
+        r.io_errors.len(),
+        r.io_errors.first()
+    );
+    assert!(
+        r.verify_failures.is_empty(),
+        "{} verify failures, first: {:?}",
+        r.verify_failures.len(),
+        r.verify_failures.first()
+    );
 }
 
 /// A partial rebuild copies exactly the dirty regions: those written since the last flush
@@ -121,9 +157,15 @@ fn assert_partial_bound(rb: &serde_json::Value, report: &workload::Report, fault
     let since = report.last_flush_before(fault_at).unwrap_or(fault_at);
     let bound = report.regions_written_since(since, REGION).len() as u64 * REGION;
     assert!(copied >= REGION, "a partial rebuild copied {copied} bytes");
-    assert!(copied <= bound, "copied {copied} bytes but only {bound} bytes of regions were written since the last flush before the fault");
+    assert!(
+        copied <= bound,
+        "copied {copied} bytes but only {bound} bytes of regions were written since the last flush before the fault"
+    );
     assert!(copied < VOLUME_BYTES, "copied the whole volume");
-    println!("partial rebuild copied {copied} bytes (at most {} regions were written since the last flush before the fault)", bound / REGION);
+    println!(
+        "partial rebuild copied {copied} bytes (at most {} regions were written since the last flush before the fault)",
+        bound / REGION
+    );
 }
 
 async fn assert_identical(a: &Node) {
@@ -138,33 +180,50 @@ async fn final_verify(ctrl: &ferrite_host::Controller, report: &workload::Report
     // Twice: reads alternate between replicas.
     for _ in 0..2 {
         let failures = workload::verify_all(ctrl, 1, &report.model).await;
-        assert!(failures.is_empty(), "{} blocks wrong after recovery, first: {:?}", failures.len(), failures.first());
+        assert!(
+            failures.is_empty(),
+            "{} blocks wrong after recovery, first: {:?}",
+            failures.len(),
+            failures.first()
+        );
     }
-    println!("verified {} blocks twice in {:?}", report.model.len(), t.elapsed());
+    println!(
+        "verified {} blocks twice in {:?}",
+        report.model.len(),
+        t.elapsed()
+    );
 }
 
 /// Writes A's and B's configs (a volume on A over A's replica and B's), starts B then A and
 /// waits for the volume to be online.
 fn start_a_mirroring_b(k: &mut Cluster) {
-    k.b.write_config(&replica_node_config(&k.b, REPLICA_B, &k.a)).unwrap();
-    k.a.write_config(&mirror_node_config(&k.a, &[(REPLICA_B, &k.b)])).unwrap();
+    k.b.write_config(&replica_node_config(&k.b, REPLICA_B, &k.a))
+        .unwrap();
+    k.a.write_config(&mirror_node_config(&k.a, &[(REPLICA_B, &k.b)]))
+        .unwrap();
     k.b.start().unwrap();
     k.a.start().unwrap();
-    k.a.wait_volume(VOLUME, Duration::from_secs(30), "online", online).unwrap();
+    k.a.wait_volume(VOLUME, Duration::from_secs(30), "online", online)
+        .unwrap();
 }
 
 /// After B's fault at `fault_at` was repaired: waits for B's rebuild, stops the workload and
 /// checks it saw no error, the rebuild was partial and bounded, every block verifies and the
 /// replicas compare identical; then stops both nodes.
 async fn expect_partial_recovery(k: &mut Cluster, w: Workload, fault_at: Instant) {
-    let v = k.a
-        .wait_volume(VOLUME, Duration::from_secs(60), "online again", |v| online(v) && !replica_state(v, REPLICA_B)["last_rebuild"].is_null())
+    let v =
+        k.a.wait_volume(VOLUME, Duration::from_secs(60), "online again", |v| {
+            online(v) && !replica_state(v, REPLICA_B)["last_rebuild"].is_null()
+        })
         .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (ctrl, report) = w.finish().await;
     assert_clean(&report);
     let rb = &replica_state(&v, REPLICA_B)["last_rebuild"];
-    assert_eq!(rb["kind"], "Partial", "rebuild of the returning replica: {v}");
+    assert_eq!(
+        rb["kind"], "Partial",
+        "rebuild of the returning replica: {v}"
+    );
     assert_partial_bound(rb, &report, fault_at);
 
     final_verify(&ctrl, &report).await;
@@ -184,7 +243,10 @@ async fn replica_killed_with_sigkill_gets_a_partial_rebuild() {
     w.narrow();
     let killed_at = Instant::now();
     k.b.kill9();
-    k.a.wait_volume(VOLUME, Duration::from_secs(20), "degraded", |v| replica_state(v, REPLICA_B)["in_sync"] == false).unwrap();
+    k.a.wait_volume(VOLUME, Duration::from_secs(20), "degraded", |v| {
+        replica_state(v, REPLICA_B)["in_sync"] == false
+    })
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     k.b.start().unwrap();
     expect_partial_recovery(&mut k, w, killed_at).await;
@@ -193,7 +255,8 @@ async fn replica_killed_with_sigkill_gets_a_partial_rebuild() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_link_cut_gets_a_partial_rebuild() {
     let mut k = cluster(12);
-    let ns = NetNs::create(&format!("{}", std::process::id() % 100_000), 12).expect("network namespace (needs root and iproute2)");
+    let ns = NetNs::create(&format!("{}", std::process::id() % 100_000), 12)
+        .expect("network namespace (needs root and iproute2)");
     k.b.ip = ns.inner;
     k.b.wrapper = ns.wrapper();
     // B sees A coming from the veth's outer address.
@@ -204,7 +267,10 @@ async fn replica_link_cut_gets_a_partial_rebuild() {
     w.narrow();
     let cut_at = Instant::now();
     ns.cut().unwrap();
-    k.a.wait_volume(VOLUME, Duration::from_secs(30), "degraded", |v| replica_state(v, REPLICA_B)["in_sync"] == false).unwrap();
+    k.a.wait_volume(VOLUME, Duration::from_secs(30), "degraded", |v| {
+        replica_state(v, REPLICA_B)["in_sync"] == false
+    })
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(1000)).await;
     ns.restore().unwrap();
     expect_partial_recovery(&mut k, w, cut_at).await;
@@ -213,23 +279,30 @@ async fn replica_link_cut_gets_a_partial_rebuild() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_replaced_by_a_new_one_gets_a_full_rebuild() {
     let mut k = cluster(13);
-    k.b.write_config(&replica_node_config(&k.b, REPLICA_B, &k.a)).unwrap();
-    k.c.write_config(&replica_node_config(&k.c, REPLICA_C, &k.a)).unwrap();
-    k.a.write_config(&mirror_node_config(&k.a, &[(REPLICA_B, &k.b)])).unwrap();
+    k.b.write_config(&replica_node_config(&k.b, REPLICA_B, &k.a))
+        .unwrap();
+    k.c.write_config(&replica_node_config(&k.c, REPLICA_C, &k.a))
+        .unwrap();
+    k.a.write_config(&mirror_node_config(&k.a, &[(REPLICA_B, &k.b)]))
+        .unwrap();
     k.b.start().unwrap();
     k.c.start().unwrap();
     k.a.start().unwrap();
-    k.a.wait_volume(VOLUME, Duration::from_secs(30), "online", online).unwrap();
+    k.a.wait_volume(VOLUME, Duration::from_secs(30), "online", online)
+        .unwrap();
 
     let w = start_workload(&k.a).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // B's node is lost for good: replace its replica with a new one on C.
     k.b.kill9();
-    k.a.write_config(&mirror_node_config(&k.a, &[(REPLICA_C, &k.c)])).unwrap();
+    k.a.write_config(&mirror_node_config(&k.a, &[(REPLICA_C, &k.c)]))
+        .unwrap();
     k.a.reload().unwrap();
-    let v = k.a
-        .wait_volume(VOLUME, Duration::from_secs(90), "online on A and C", |v| {
-            online(v) && !replica_state(v, REPLICA_C)["last_rebuild"].is_null() && replica_state(v, REPLICA_B).is_null()
+    let v =
+        k.a.wait_volume(VOLUME, Duration::from_secs(90), "online on A and C", |v| {
+            online(v)
+                && !replica_state(v, REPLICA_C)["last_rebuild"].is_null()
+                && replica_state(v, REPLICA_B).is_null()
         })
         .unwrap();
     let (ctrl, report) = w.finish().await;

@@ -36,7 +36,12 @@ fn start_operator(bed: &KubeBed, bin: &std::path::Path, n: u32) -> OperatorProce
     start_operator_with(bed, bin, n, &[])
 }
 
-fn start_operator_with(bed: &KubeBed, bin: &std::path::Path, n: u32, extra: &[String]) -> OperatorProcess {
+fn start_operator_with(
+    bed: &KubeBed,
+    bin: &std::path::Path,
+    n: u32,
+    extra: &[String],
+) -> OperatorProcess {
     OperatorProcess::start(bed, bin, n, extra).expect("start operator")
 }
 
@@ -53,14 +58,27 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
         let (series, value) = l.rsplit_once(' ')?;
         let (n, rest) = series.split_once('{').unwrap_or((series, "}"));
-        let pairs: Vec<&str> = rest.trim_end_matches('}').split(',').filter(|p| !p.is_empty()).collect();
-        let same = pairs.len() == labels.len() && labels.iter().all(|(k, v)| pairs.contains(&format!("{k}=\"{v}\"").as_str()));
+        let pairs: Vec<&str> = rest
+            .trim_end_matches('}')
+            .split(',')
+            .filter(|p| !p.is_empty())
+            .collect();
+        let same = pairs.len() == labels.len()
+            && labels
+                .iter()
+                .all(|(k, v)| pairs.contains(&format!("{k}=\"{v}\"").as_str()));
         (n == name && same).then(|| value.parse().ok())?
     })
 }
 
 /// Waits until `GET /metrics` on `addr` has `name{labels}` satisfying `ok`; returns the value.
-fn wait_metric(addr: std::net::SocketAddr, name: &str, labels: &[(&str, &str)], ok: impl Fn(f64) -> bool, secs: u64) -> f64 {
+fn wait_metric(
+    addr: std::net::SocketAddr,
+    name: &str,
+    labels: &[(&str, &str)],
+    ok: impl Fn(f64) -> bool,
+    secs: u64,
+) -> f64 {
     let deadline = std::time::Instant::now() + Duration::from_secs(secs);
     loop {
         let last = match ferrite_e2e::cluster::http_get(addr, "/metrics") {
@@ -73,7 +91,10 @@ fn wait_metric(addr: std::net::SocketAddr, name: &str, labels: &[(&str, &str)], 
             Ok((code, body)) => format!("HTTP {code}: {body}"),
             Err(e) => e,
         };
-        assert!(std::time::Instant::now() < deadline, "{name}{labels:?} not as expected after {secs} s; last /metrics:\n{last}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name}{labels:?} not as expected after {secs} s; last /metrics:\n{last}"
+        );
         std::thread::sleep(Duration::from_millis(250));
     }
 }
@@ -88,14 +109,21 @@ fn jsonpath(bed: &KubeBed, kind: &str, name: &str, path: &str) -> String {
 
 fn wait_eq(bed: &KubeBed, kind: &str, name: &str, path: &str, want: &str, secs: u64) {
     let mut last = String::new();
-    let r = bed.wait_for(&format!("{kind}/{name} {path} = {want}"), Duration::from_secs(secs), || {
-        last = jsonpath(bed, kind, name, path);
-        (last == want).then_some(())
-    });
+    let r = bed.wait_for(
+        &format!("{kind}/{name} {path} = {want}"),
+        Duration::from_secs(secs),
+        || {
+            last = jsonpath(bed, kind, name, path);
+            (last == want).then_some(())
+        },
+    );
     if let Err(e) = r {
         let log = std::fs::read_to_string(bed.dir().join("operator-1.log")).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(40).collect();
-        panic!("{e}; last value {last:?}\noperator log tail:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+        panic!(
+            "{e}; last value {last:?}\noperator log tail:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
     }
 }
 
@@ -227,7 +255,9 @@ fn register_nodes(bed: &KubeBed, a_url: &str, b_url: &str, dir: &std::path::Path
          apiVersion: ferrite.dev/v1alpha1\nkind: StoragePool\nmetadata: {{name: pa}}\nspec: {{node: a, disks: ['file:{d}/a0.img:256MiB']}}\n---\n\
          apiVersion: ferrite.dev/v1alpha1\nkind: StoragePool\nmetadata: {{name: pb}}\nspec: {{node: b, disks: ['file:{d}/b0.img:256MiB']}}\n"
     );
-    let r = bed.kubectl_stdin(&["apply", "-f", "-"], &objects).expect("kubectl");
+    let r = bed
+        .kubectl_stdin(&["apply", "-f", "-"], &objects)
+        .expect("kubectl");
     assert!(r.ok, "{}", r.stderr);
 }
 
@@ -238,7 +268,9 @@ async fn csi_controller_service() {
     use ferrite_api::csi::v1 as csi;
     use ferrite_api::csi::v1::controller_client::ControllerClient;
     use ferrite_api::csi::v1::identity_client::IdentityClient;
-    use ferrite_api::csi::v1::volume_capability::{AccessMode, AccessType, BlockVolume, access_mode::Mode};
+    use ferrite_api::csi::v1::volume_capability::{
+        AccessMode, AccessType, BlockVolume, access_mode::Mode,
+    };
 
     KubeBed::require();
     let (bed, bin, dp) = tokio::task::spawn_blocking(setup).await.expect("setup");
@@ -250,7 +282,12 @@ async fn csi_controller_service() {
     let (a_url, b_url, dir) = (a.url(), b.url(), tmp.path().to_path_buf());
     let port = ferrite_e2e::free_port().expect("port");
     let (mut args, maddr) = metrics_args();
-    args.extend(["--csi-endpoint".into(), format!("tcp://127.0.0.1:{port}"), "--csi-wait-secs".into(), "20".into()]);
+    args.extend([
+        "--csi-endpoint".into(),
+        format!("tcp://127.0.0.1:{port}"),
+        "--csi-wait-secs".into(),
+        "20".into(),
+    ]);
     let bed = Arc::new(bed);
     let bed2 = bed.clone();
     let op = tokio::task::spawn_blocking(move || {
@@ -263,23 +300,52 @@ async fn csi_controller_service() {
     .await
     .expect("operator");
     let url = format!("http://127.0.0.1:{port}");
-    let mut id = IdentityClient::connect(url.clone()).await.expect("identity");
-    let info = id.get_plugin_info(csi::GetPluginInfoRequest {}).await.expect("info").into_inner();
+    let mut id = IdentityClient::connect(url.clone())
+        .await
+        .expect("identity");
+    let info = id
+        .get_plugin_info(csi::GetPluginInfoRequest {})
+        .await
+        .expect("info")
+        .into_inner();
     assert_eq!(info.name, "csi.ferrite.dev");
-    assert_eq!(id.probe(csi::ProbeRequest {}).await.expect("probe").into_inner().ready, Some(true));
+    assert_eq!(
+        id.probe(csi::ProbeRequest {})
+            .await
+            .expect("probe")
+            .into_inner()
+            .ready,
+        Some(true)
+    );
     let mut c = ControllerClient::connect(url).await.expect("controller");
-    let caps = c.controller_get_capabilities(csi::ControllerGetCapabilitiesRequest {}).await.expect("caps").into_inner();
-    let types: Vec<String> = caps.capabilities.iter().map(|c| format!("{:?}", c.r#type)).collect();
+    let caps = c
+        .controller_get_capabilities(csi::ControllerGetCapabilitiesRequest {})
+        .await
+        .expect("caps")
+        .into_inner();
+    let types: Vec<String> = caps
+        .capabilities
+        .iter()
+        .map(|c| format!("{:?}", c.r#type))
+        .collect();
     assert_eq!(types.len(), 5, "{types:?}");
-    assert!(types.iter().any(|t| t.contains("ExpandVolume")), "EXPAND_VOLUME must be advertised: {types:?}");
+    assert!(
+        types.iter().any(|t| t.contains("ExpandVolume")),
+        "EXPAND_VOLUME must be advertised: {types:?}"
+    );
 
     let cap = csi::VolumeCapability {
-        access_mode: Some(AccessMode { mode: Mode::SingleNodeWriter as i32 }),
+        access_mode: Some(AccessMode {
+            mode: Mode::SingleNodeWriter as i32,
+        }),
         access_type: Some(AccessType::Block(BlockVolume {})),
     };
     let create = |name: &str, bytes: i64, replicas: &str| csi::CreateVolumeRequest {
         name: name.into(),
-        capacity_range: Some(csi::CapacityRange { required_bytes: bytes, limit_bytes: 0 }),
+        capacity_range: Some(csi::CapacityRange {
+            required_bytes: bytes,
+            limit_bytes: 0,
+        }),
         volume_capabilities: vec![cap.clone()],
         parameters: [("replicas".to_string(), replicas.to_string())].into(),
         ..Default::default()
@@ -288,30 +354,60 @@ async fn csi_controller_service() {
     let mut first = create("pvc-0001", 64 << 20, "2");
     first.accessibility_requirements = Some(csi::TopologyRequirement {
         requisite: vec![],
-        preferred: vec![csi::Topology { segments: [("topology.ferrite.dev/node".to_string(), "b".to_string())].into() }],
+        preferred: vec![csi::Topology {
+            segments: [("topology.ferrite.dev/node".to_string(), "b".to_string())].into(),
+        }],
     });
-    let v = c.create_volume(first).await.expect("CreateVolume").into_inner();
+    let v = c
+        .create_volume(first)
+        .await
+        .expect("CreateVolume")
+        .into_inner();
     let bed3 = bed.clone();
-    let target = tokio::task::spawn_blocking(move || jsonpath(&bed3, "volume", "pvc-0001", "{.status.targetNode}")).await.expect("target");
+    let target = tokio::task::spawn_blocking(move || {
+        jsonpath(&bed3, "volume", "pvc-0001", "{.status.targetNode}")
+    })
+    .await
+    .expect("target");
     assert_eq!(target, "b");
     let vol = v.volume.expect("volume");
     assert_eq!(vol.volume_id, "pvc-0001");
     assert_eq!(vol.capacity_bytes, 64 << 20);
     let ctx = vol.volume_context.clone();
-    assert!(ctx["nqn"].starts_with("nqn.2024-01.dev.ferrite:volume-"), "{ctx:?}");
+    assert!(
+        ctx["nqn"].starts_with("nqn.2024-01.dev.ferrite:volume-"),
+        "{ctx:?}"
+    );
     assert!(!ctx["targets"].is_empty() && ctx["nsid"] == "1", "{ctx:?}");
     // Idempotent; a different size under the same name is refused.
-    let again = c.create_volume(create("pvc-0001", 64 << 20, "2")).await.expect("again").into_inner();
+    let again = c
+        .create_volume(create("pvc-0001", 64 << 20, "2"))
+        .await
+        .expect("again")
+        .into_inner();
     assert_eq!(again.volume.map(|v| v.volume_context), Some(ctx.clone()));
-    let e = c.create_volume(create("pvc-0001", 128 << 20, "2")).await.expect_err("size change");
+    let e = c
+        .create_volume(create("pvc-0001", 128 << 20, "2"))
+        .await
+        .expect_err("size change");
     assert_eq!(e.code(), tonic::Code::AlreadyExists);
     // Three replicas on two nodes cannot be placed, and nothing is left behind.
-    let e = c.create_volume(create("pvc-0002", 4096, "3")).await.expect_err("3 replicas");
+    let e = c
+        .create_volume(create("pvc-0002", 4096, "3"))
+        .await
+        .expect_err("3 replicas");
     assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
     let bed5 = bed.clone();
-    let left = tokio::task::spawn_blocking(move || jsonpath(&bed5, "volume", "pvc-0002", "{.metadata.name}")).await.expect("get");
+    let left = tokio::task::spawn_blocking(move || {
+        jsonpath(&bed5, "volume", "pvc-0002", "{.metadata.name}")
+    })
+    .await
+    .expect("get");
     assert_eq!(left, "", "the unplaceable Volume was left behind");
-    let e = c.create_volume(create("pvc-0003", 4096, "7")).await.expect_err("7 replicas");
+    let e = c
+        .create_volume(create("pvc-0003", 4096, "7"))
+        .await
+        .expect_err("7 replicas");
     assert_eq!(e.code(), tonic::Code::InvalidArgument);
 
     // Publish / unpublish set the target's hosts.
@@ -328,7 +424,11 @@ async fn csi_controller_service() {
         .into_inner();
     assert_eq!(p.publish_context["nqn"], ctx["nqn"]);
     // The target (on b) allows exactly that host; the Volume records it.
-    let hosts = |vols: Vec<ferrite_api::node::v1::Volume>| vols.into_iter().flat_map(|v| v.allowed_hosts).collect::<Vec<_>>();
+    let hosts = |vols: Vec<ferrite_api::node::v1::Volume>| {
+        vols.into_iter()
+            .flat_map(|v| v.allowed_hosts)
+            .collect::<Vec<_>>()
+    };
     assert_eq!(hosts(b.volumes().await), vec![host.to_string()]);
     assert!(hosts(a.volumes().await).is_empty());
     c.controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest {
@@ -371,46 +471,143 @@ async fn csi_controller_service() {
         .await
         .expect_err("unknown volume");
     assert_eq!(e.code(), tonic::Code::NotFound);
-    let l = c.list_volumes(csi::ListVolumesRequest { max_entries: 1, starting_token: String::new() }).await.expect("list").into_inner();
+    let l = c
+        .list_volumes(csi::ListVolumesRequest {
+            max_entries: 1,
+            starting_token: String::new(),
+        })
+        .await
+        .expect("list")
+        .into_inner();
     assert_eq!((l.entries.len(), l.next_token.as_str()), (1, ""));
     // Capacity: the free bytes the pools report (no data written, so they hold still).
     let bed4 = bed.clone();
     let free: i64 = tokio::task::spawn_blocking(move || {
-        ["pa", "pb"].iter().map(|p| jsonpath(&bed4, "storagepool", p, "{.status.freeBytes}").parse::<i64>().unwrap_or(-1)).sum()
+        ["pa", "pb"]
+            .iter()
+            .map(|p| {
+                jsonpath(&bed4, "storagepool", p, "{.status.freeBytes}")
+                    .parse::<i64>()
+                    .unwrap_or(-1)
+            })
+            .sum()
     })
     .await
     .expect("free bytes");
-    let cap_resp = c.get_capacity(csi::GetCapacityRequest::default()).await.expect("capacity").into_inner();
+    let cap_resp = c
+        .get_capacity(csi::GetCapacityRequest::default())
+        .await
+        .expect("capacity")
+        .into_inner();
     assert!(free > 400 << 20, "free {free}");
     assert_eq!(cap_resp.available_capacity, free);
-    let e = c.controller_expand_volume(csi::ControllerExpandVolumeRequest { volume_id: "pvc-0001".into(), ..Default::default() }).await.expect_err("expand");
-    assert_eq!(e.code(), tonic::Code::InvalidArgument, "no capacity range: {e:?}");
+    let e = c
+        .controller_expand_volume(csi::ControllerExpandVolumeRequest {
+            volume_id: "pvc-0001".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("expand");
+    assert_eq!(
+        e.code(),
+        tonic::Code::InvalidArgument,
+        "no capacity range: {e:?}"
+    );
 
     // Paging: a second volume, listed one per page.
-    c.create_volume(create("pvc-0004", 4096, "1")).await.expect("second volume");
-    let l = c.list_volumes(csi::ListVolumesRequest { max_entries: 1, starting_token: String::new() }).await.expect("list").into_inner();
+    c.create_volume(create("pvc-0004", 4096, "1"))
+        .await
+        .expect("second volume");
+    let l = c
+        .list_volumes(csi::ListVolumesRequest {
+            max_entries: 1,
+            starting_token: String::new(),
+        })
+        .await
+        .expect("list")
+        .into_inner();
     assert_eq!((l.entries.len(), l.next_token.as_str()), (1, "1"));
-    let l = c.list_volumes(csi::ListVolumesRequest { max_entries: 1, starting_token: "1".into() }).await.expect("page 2").into_inner();
+    let l = c
+        .list_volumes(csi::ListVolumesRequest {
+            max_entries: 1,
+            starting_token: "1".into(),
+        })
+        .await
+        .expect("page 2")
+        .into_inner();
     assert_eq!((l.entries.len(), l.next_token.as_str()), (1, ""));
     // Delete: the nodes are emptied; deleting again succeeds.
     for name in ["pvc-0001", "pvc-0002", "pvc-0004"] {
-        c.delete_volume(csi::DeleteVolumeRequest { volume_id: name.into(), ..Default::default() }).await.expect("delete");
+        c.delete_volume(csi::DeleteVolumeRequest {
+            volume_id: name.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("delete");
     }
-    c.delete_volume(csi::DeleteVolumeRequest { volume_id: "pvc-0001".into(), ..Default::default() }).await.expect("delete again");
+    c.delete_volume(csi::DeleteVolumeRequest {
+        volume_id: "pvc-0001".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("delete again");
     for n in [&a, &b] {
         let (vols, reps) = (n.volumes().await, n.replicas().await);
-        assert!(vols.is_empty() && reps.is_empty(), "left on {}: {vols:?} {reps:?}", n.name);
+        assert!(
+            vols.is_empty() && reps.is_empty(),
+            "left on {}: {vols:?} {reps:?}",
+            n.name
+        );
     }
 
     // Every CSI request was counted by method and gRPC code.
     tokio::task::spawn_blocking(move || {
         let csi = "ferrite_operator_csi_requests_total";
-        wait_metric(maddr, csi, &[("method", "CreateVolume"), ("code", "OK")], |v| v >= 2.0, 5);
-        wait_metric(maddr, csi, &[("method", "CreateVolume"), ("code", "AlreadyExists")], |v| v == 1.0, 5);
-        wait_metric(maddr, csi, &[("method", "CreateVolume"), ("code", "InvalidArgument")], |v| v == 1.0, 5);
-        wait_metric(maddr, csi, &[("method", "ValidateVolumeCapabilities"), ("code", "NotFound")], |v| v == 1.0, 5);
-        wait_metric(maddr, csi, &[("method", "DeleteVolume"), ("code", "OK")], |v| v >= 3.0, 5);
-        wait_metric(maddr, csi, &[("method", "Probe"), ("code", "OK")], |v| v == 1.0, 5);
+        wait_metric(
+            maddr,
+            csi,
+            &[("method", "CreateVolume"), ("code", "OK")],
+            |v| v >= 2.0,
+            5,
+        );
+        wait_metric(
+            maddr,
+            csi,
+            &[("method", "CreateVolume"), ("code", "AlreadyExists")],
+            |v| v == 1.0,
+            5,
+        );
+        wait_metric(
+            maddr,
+            csi,
+            &[("method", "CreateVolume"), ("code", "InvalidArgument")],
+            |v| v == 1.0,
+            5,
+        );
+        wait_metric(
+            maddr,
+            csi,
+            &[
+                ("method", "ValidateVolumeCapabilities"),
+                ("code", "NotFound"),
+            ],
+            |v| v == 1.0,
+            5,
+        );
+        wait_metric(
+            maddr,
+            csi,
+            &[("method", "DeleteVolume"), ("code", "OK")],
+            |v| v >= 3.0,
+            5,
+        );
+        wait_metric(
+            maddr,
+            csi,
+            &[("method", "Probe"), ("code", "OK")],
+            |v| v == 1.0,
+            5,
+        );
     })
     .await
     .expect("CSI metrics");

@@ -586,7 +586,12 @@ async fn a_lost_replica_is_replaced_and_the_returning_one_removed() {
     nodes[vi].restart().expect("restart the victim");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let left: Vec<String> = nodes[vi].replicas().await.into_iter().map(|r| r.uuid).collect();
+        let left: Vec<String> = nodes[vi]
+            .replicas()
+            .await
+            .into_iter()
+            .map(|r| r.uuid)
+            .collect();
         if left.is_empty() {
             break;
         }

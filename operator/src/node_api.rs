@@ -112,7 +112,11 @@ mod tests {
         let plain = NodeClients::default();
         assert!(plain.client("http://127.0.0.1:1").is_ok());
         assert_eq!(
-            plain.client("https://127.0.0.1:1").map(|_| ()).unwrap_err().code(),
+            plain
+                .client("https://127.0.0.1:1")
+                .map(|_| ())
+                .unwrap_err()
+                .code(),
             tonic::Code::FailedPrecondition
         );
         let pki = ferrite_api::tls::Pki::generate().expect("pki");

@@ -79,7 +79,9 @@ pub async fn from_secret(
                     tracing::info!(%namespace, %name, "created the node API CA and certificates");
                     created
                 }
-                Err(kube::Error::Api(e)) if e.code == 409 => api.get(name).await.map_err(kube_err)?,
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    api.get(name).await.map_err(kube_err)?
+                }
                 Err(e) => return Err(kube_err(e)),
             }
         }

@@ -60,7 +60,13 @@ impl Phase {
     /// A measured phase of `op` with `workers` outstanding I/Os of `bytes_per_op`, timed by
     /// the `--warmup`/`--duration` options.
     pub fn of(load: &crate::cli::LoadArgs, op: Op, workers: usize, bytes_per_op: u64) -> Phase {
-        Phase { op, workers, warmup: load.warmup, duration: load.duration, bytes_per_op }
+        Phase {
+            op,
+            workers,
+            warmup: load.warmup,
+            duration: load.duration,
+            bytes_per_op,
+        }
     }
 
     /// A short phase for unit tests: 8 workers, 4 KiB, 20 ms warm-up, 200 ms measured.

@@ -23,8 +23,8 @@ use crate::cli::MirrorArgs;
 use crate::compare::{self, Labels};
 use crate::load::Phase;
 use crate::nvme::{MAX_QUEUE_DEPTH, NvmeDriver, RAM_BLOCK_SIZE, fill_local};
-use ferrite_host::RemoteReplica;
 use crate::report;
+use ferrite_host::RemoteReplica;
 
 /// Subsystem of the 1-replica volume.
 pub const SINGLE_NQN: &str = "nqn.2024-01.dev.ferrite:bench-single";

@@ -29,9 +29,9 @@ use crate::cli::RebuildArgs;
 use crate::compare::Labels;
 use crate::mirror::{REPLICA_NQN, id, replica_device, replica_host_options, serve};
 use crate::nvme::{fill_local, pattern};
-use ferrite_host::RemoteReplica;
 use crate::report;
 use crate::stats::{Transfer, process_cpu_time};
+use ferrite_host::RemoteReplica;
 
 /// How often the rebuild's status is polled.
 const POLL: Duration = Duration::from_millis(2);

@@ -184,29 +184,32 @@ impl FileDevice {
                 .len()
         };
         if let Some(want) = opts.create_size
-            && !created && want != size {
-                return Err(BlockError::InvalidSpec(format!(
-                    "{shown} exists with a size of {size} bytes, not the requested {want}"
-                )));
-            }
+            && !created
+            && want != size
+        {
+            return Err(BlockError::InvalidSpec(format!(
+                "{shown} exists with a size of {size} bytes, not the requested {want}"
+            )));
+        }
         let num_blocks = check_size("file size", size, opts.block_size)?;
 
         if direct
             && let Some(align) = dio_alignment(&file, is_block_device)
-                && align > opts.block_size {
-                    tracing::warn!(
-                        path = %shown,
-                        block_size = opts.block_size,
-                        dio_alignment = align,
-                        "direct I/O needs larger alignment than the block size; using buffered I/O"
-                    );
-                    file = OpenOptions::new()
-                        .read(true)
-                        .write(true)
-                        .open(path)
-                        .map_err(|e| BlockError::io("open", e))?;
-                    direct = false;
-                }
+            && align > opts.block_size
+        {
+            tracing::warn!(
+                path = %shown,
+                block_size = opts.block_size,
+                dio_alignment = align,
+                "direct I/O needs larger alignment than the block size; using buffered I/O"
+            );
+            file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .map_err(|e| BlockError::io("open", e))?;
+            direct = false;
+        }
 
         let file = Arc::new(file);
         let engine = match engine_kind {

@@ -310,14 +310,15 @@ impl RingThread {
 
     fn start(&mut self, req: Request) -> io::Result<()> {
         if let Op::Read { buf, .. } | Op::Write { buf, .. } = &req.op
-            && buf.is_empty() {
-                let result = match req.op {
-                    Op::Read { buf, .. } => Ok(Some(buf)),
-                    _ => Ok(None),
-                };
-                let _ = req.reply.send(result);
-                return Ok(());
-            }
+            && buf.is_empty()
+        {
+            let result = match req.op {
+                Op::Read { buf, .. } => Ok(Some(buf)),
+                _ => Ok(None),
+            };
+            let _ = req.reply.send(result);
+            return Ok(());
+        }
         let idx = match self.free.pop() {
             Some(idx) => idx,
             None => {

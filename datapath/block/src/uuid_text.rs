@@ -26,6 +26,9 @@ mod tests {
             0xcd, 0xef,
         ];
         assert_eq!(format_uuid(&u), "12345678-9abc-def0-0123-456789abcdef");
-        assert_eq!(format_uuid(&[0; 16]), "00000000-0000-0000-0000-000000000000");
+        assert_eq!(
+            format_uuid(&[0; 16]),
+            "00000000-0000-0000-0000-000000000000"
+        );
     }
 }

@@ -238,13 +238,19 @@ async fn mirror_notices_a_lost_replica_without_io() {
         let (m, a, b) = two_way().await;
         m.write(0, pattern(4096, 1), false).await.unwrap();
         m.flush().await.unwrap();
-        b.announces_loss.store(true, std::sync::atomic::Ordering::SeqCst);
+        b.announces_loss
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         b.set(Mode::Disconnected);
         // No host I/O: the liveness watch faults b and persists the new generation.
         let s = wait_for(&m, 10, "b faulted without I/O", |s| s.healthy() == 1).await;
         let rb = s.replica(&[2; 16]).unwrap();
         assert!(!rb.in_sync, "{s:#?}");
-        assert!(rb.last_error.as_deref().is_some_and(|e| e.contains("connection closed")), "{rb:?}");
+        assert!(
+            rb.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("connection closed")),
+            "{rb:?}"
+        );
         let l = inspect(a.inner().as_ref()).await.unwrap().unwrap();
         assert_eq!(l.in_sync, vec![[1; 16]], "persisted: {l:?}");
         // Back: partial rebuild (nothing was written meanwhile) and in sync again.

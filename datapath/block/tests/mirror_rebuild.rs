@@ -176,14 +176,19 @@ async fn mirror_rebuild_copies_regions_in_parallel_up_to_the_option() {
                 .await
                 .expect("create");
             for r in (0..63u64).step_by(5) {
-                m.write(r * PER_REGION, pattern(4096, r), false).await.unwrap();
+                m.write(r * PER_REGION, pattern(4096, r), false)
+                    .await
+                    .unwrap();
             }
             let c = Faulty::ram(SIZE);
             c.write_delay_ms.store(5, Ordering::SeqCst);
             m.add_replica(connector(2, &c)).await.unwrap();
             wait_for(&m, 30, "full rebuild", all_healthy).await;
             let most = c.max_writes_in_flight.load(Ordering::SeqCst);
-            assert_eq!(most, width as u64, "copies in flight with rebuild_parallelism {width}");
+            assert_eq!(
+                most, width as u64,
+                "copies in flight with rebuild_parallelism {width}"
+            );
             let r = compare_replicas(a.inner().as_ref(), c.inner().as_ref(), MIB)
                 .await
                 .unwrap();
@@ -332,26 +337,50 @@ async fn mirror_a_rebuild_source_failure_switches_to_another_source() {
 async fn mirror_unflushed_writes_of_a_faulted_replica_are_rebuilt() {
     bounded(30, "test", async {
         let (m, a, b) = two_way(0x26).await;
-        m.write(3 * PER_REGION, pattern(4096, 1), false).await.unwrap();
-        m.write(4 * PER_REGION, pattern(4096, 2), false).await.unwrap();
+        m.write(3 * PER_REGION, pattern(4096, 1), false)
+            .await
+            .unwrap();
+        m.write(4 * PER_REGION, pattern(4096, 2), false)
+            .await
+            .unwrap();
         m.flush().await.unwrap();
         // Acknowledged by both replicas, but not flushed.
-        m.write(7 * PER_REGION, pattern(4096, 3), false).await.unwrap();
-        m.write(8 * PER_REGION, pattern(4096, 4), false).await.unwrap();
+        m.write(7 * PER_REGION, pattern(4096, 3), false)
+            .await
+            .unwrap();
+        m.write(8 * PER_REGION, pattern(4096, 4), false)
+            .await
+            .unwrap();
         b.set(Mode::Disconnected);
-        m.write(20 * PER_REGION, pattern(4096, 5), false).await.unwrap();
+        m.write(20 * PER_REGION, pattern(4096, 5), false)
+            .await
+            .unwrap();
         let l = inspect(a.inner().as_ref()).await.unwrap().unwrap();
-        assert_eq!(l.dirty_regions, vec![7, 8, 20], "unflushed regions are dirty; flushed ones are not");
+        assert_eq!(
+            l.dirty_regions,
+            vec![7, 8, 20],
+            "unflushed regions are dirty; flushed ones are not"
+        );
         // B "crashed": its unflushed writes are gone.
         for r in [7u64, 8] {
-            b.inner().write_zeroes((1 << 20) / 4096 + r * PER_REGION, PER_REGION, false).await.unwrap();
+            b.inner()
+                .write_zeroes((1 << 20) / 4096 + r * PER_REGION, PER_REGION, false)
+                .await
+                .unwrap();
         }
         b.set(Mode::Ok);
         let s = wait_for(&m, 10, "rebuild", all_healthy).await;
-        let p = s.replica(&[2; 16]).unwrap().last_rebuild.clone().expect("rebuild");
+        let p = s
+            .replica(&[2; 16])
+            .unwrap()
+            .last_rebuild
+            .clone()
+            .expect("rebuild");
         assert_eq!(p.kind, RebuildKind::Partial);
         assert_eq!(p.bytes_copied, 3 * MIB);
-        let r = compare_replicas(a.inner().as_ref(), b.inner().as_ref(), MIB).await.unwrap();
+        let r = compare_replicas(a.inner().as_ref(), b.inner().as_ref(), MIB)
+            .await
+            .unwrap();
         assert!(r.identical(), "{r:?}");
     })
     .await;

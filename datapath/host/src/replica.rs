@@ -32,8 +32,12 @@ impl ReplicaConnector for RemoteReplica {
 
     async fn connect(&self) -> Result<Arc<dyn BlockDevice>, BlockError> {
         let gone = |e: HostError| BlockError::Gone(format!("{} at {}: {e}", self.nqn, self.addr));
-        let ctrl = Controller::connect(self.addr, &self.nqn, self.options.clone()).await.map_err(gone)?;
-        let ns = RemoteNamespace::new(Arc::new(ctrl), 1).await.map_err(gone)?;
+        let ctrl = Controller::connect(self.addr, &self.nqn, self.options.clone())
+            .await
+            .map_err(gone)?;
+        let ns = RemoteNamespace::new(Arc::new(ctrl), 1)
+            .await
+            .map_err(gone)?;
         Ok(Arc::new(ns))
     }
 }

@@ -97,7 +97,11 @@ impl Args {
             if self.config.is_some() {
                 bail!("--demo and --config cannot be combined");
             }
-            demo::config(if dir.is_empty() { None } else { Some(PathBuf::from(dir)) })?
+            demo::config(if dir.is_empty() {
+                None
+            } else {
+                Some(PathBuf::from(dir))
+            })?
         } else if let Some(path) = &self.config {
             Config::load(path)?
         } else {
@@ -119,12 +123,19 @@ impl Args {
         config.grpc_insecure |= self.grpc_insecure;
         let l = &mut config.limits;
         l.max_connections = self.max_connections.or(l.max_connections);
-        l.max_connections_per_address = self.max_connections_per_address.or(l.max_connections_per_address);
-        l.connection_buffer = self.connection_buffer.clone().or(l.connection_buffer.take());
+        l.max_connections_per_address = self
+            .max_connections_per_address
+            .or(l.max_connections_per_address);
+        l.connection_buffer = self
+            .connection_buffer
+            .clone()
+            .or(l.connection_buffer.take());
         l.drain_timeout_secs = self.drain_timeout.or(l.drain_timeout_secs);
         for e in &self.export {
             let (nqn, spec) = e.split_once('=').with_context(|| {
-                format!("--export {e:?}: expected NQN=SPEC, e.g. nqn.2024-01.dev.ferrite:vol1=ram:1GiB")
+                format!(
+                    "--export {e:?}: expected NQN=SPEC, e.g. nqn.2024-01.dev.ferrite:vol1=ram:1GiB"
+                )
             })?;
             config.subsystems.push(SubsystemSpec {
                 nqn: nqn.to_string(),
@@ -174,7 +185,10 @@ mod tests {
         .unwrap();
         assert_eq!(c.listen, vec!["127.0.0.1:5000".parse().unwrap()]);
         assert_eq!(c.subsystems.len(), 2);
-        assert_eq!(c.subsystems[1].allow_hosts, vec!["nqn.2014-08.org.nvmexpress:uuid:1".to_string()]);
+        assert_eq!(
+            c.subsystems[1].allow_hosts,
+            vec!["nqn.2014-08.org.nvmexpress:uuid:1".to_string()]
+        );
     }
 
     #[test]
@@ -185,7 +199,11 @@ mod tests {
         assert_eq!((c.grpc_tls_dir.clone(), c.grpc_insecure), (None, false));
         let c = parse(&["--grpc", "127.0.0.1:9500", "--grpc-tls-dir", "/etc/tls"]).unwrap();
         assert_eq!(c.grpc_tls_dir, Some(PathBuf::from("/etc/tls")));
-        assert!(parse(&["--grpc", "127.0.0.1:9500", "--grpc-insecure"]).unwrap().grpc_insecure);
+        assert!(
+            parse(&["--grpc", "127.0.0.1:9500", "--grpc-insecure"])
+                .unwrap()
+                .grpc_insecure
+        );
     }
 
     #[test]
@@ -206,7 +224,10 @@ mod tests {
         assert_eq!(o.max_connection_buffer, 2 << 20);
         assert_eq!(o.drain_timeout, std::time::Duration::from_secs(5));
         let d = parse(&[]).unwrap().limits.target_options().unwrap();
-        assert_eq!((d.max_connections, d.max_connections_per_address), (1024, 128));
+        assert_eq!(
+            (d.max_connections, d.max_connections_per_address),
+            (1024, 128)
+        );
         assert!(parse(&["--max-connections", "0"]).is_err());
         assert!(parse(&["--connection-buffer", "lots"]).is_err());
     }
@@ -219,11 +240,17 @@ mod tests {
 
     #[test]
     fn bad_inputs_are_clear_errors() {
-        let e = parse(&["--export", "nqn.2024-01.dev.ferrite:a"]).unwrap_err().to_string();
+        let e = parse(&["--export", "nqn.2024-01.dev.ferrite:a"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("expected NQN=SPEC"), "{e}");
-        let e = parse(&["--export", "bogus=ram:1GiB"]).unwrap_err().to_string();
+        let e = parse(&["--export", "bogus=ram:1GiB"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("bogus"), "{e}");
-        let e = parse(&["--export", "nqn.2024-01.dev.ferrite:a=tape:1"]).unwrap_err().to_string();
+        let e = parse(&["--export", "nqn.2024-01.dev.ferrite:a=tape:1"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("tape"), "{e}");
         assert!(parse(&["--allow-host", "nqn.2014-08.org.nvmexpress:uuid:1"]).is_err());
         let e = parse(&[

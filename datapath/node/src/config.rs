@@ -95,7 +95,8 @@ impl std::fmt::Debug for SecretText {
 impl SecretText {
     /// Parses and checks the secret (format, CRC, key length).
     pub fn parse(&self, what: &str) -> Result<ferrite_protocol::dhchap::Secret> {
-        ferrite_protocol::dhchap::Secret::parse(&self.0).with_context(|| format!("{what}: invalid DH-HMAC-CHAP secret"))
+        ferrite_protocol::dhchap::Secret::parse(&self.0)
+            .with_context(|| format!("{what}: invalid DH-HMAC-CHAP secret"))
     }
 }
 
@@ -118,11 +119,19 @@ impl NodeSpec {
     pub fn host_keys(&self) -> Result<ferrite_target::HostKeys> {
         let mut keys = ferrite_target::HostKeys::new();
         for h in &self.dhchap_hosts {
-            nqn::validate(&h.nqn).with_context(|| format!("node.dhchap_hosts: host {:?}", h.nqn))?;
+            nqn::validate(&h.nqn)
+                .with_context(|| format!("node.dhchap_hosts: host {:?}", h.nqn))?;
             let what = format!("node.dhchap_hosts {:?}", h.nqn);
             let host = h.dhchap_secret.parse(&what)?;
-            let ctrl = h.dhchap_ctrl_secret.as_ref().map(|c| c.parse(&what)).transpose()?;
-            if keys.insert(h.nqn.clone(), ferrite_target::DhchapKeys::new(host, ctrl)).is_some() {
+            let ctrl = h
+                .dhchap_ctrl_secret
+                .as_ref()
+                .map(|c| c.parse(&what))
+                .transpose()?;
+            if keys
+                .insert(h.nqn.clone(), ferrite_target::DhchapKeys::new(host, ctrl))
+                .is_some()
+            {
                 bail!("node.dhchap_hosts: host {:?} is given twice", h.nqn);
             }
         }
@@ -132,9 +141,20 @@ impl NodeSpec {
     /// This node's own secrets towards other nodes' targets: (host secret, controller secret).
     pub fn own_secrets(
         &self,
-    ) -> Result<(Option<ferrite_protocol::dhchap::Secret>, Option<ferrite_protocol::dhchap::Secret>)> {
-        let host = self.dhchap_secret.as_ref().map(|s| s.parse("node.dhchap_secret")).transpose()?;
-        let ctrl = self.dhchap_ctrl_secret.as_ref().map(|s| s.parse("node.dhchap_ctrl_secret")).transpose()?;
+    ) -> Result<(
+        Option<ferrite_protocol::dhchap::Secret>,
+        Option<ferrite_protocol::dhchap::Secret>,
+    )> {
+        let host = self
+            .dhchap_secret
+            .as_ref()
+            .map(|s| s.parse("node.dhchap_secret"))
+            .transpose()?;
+        let ctrl = self
+            .dhchap_ctrl_secret
+            .as_ref()
+            .map(|s| s.parse("node.dhchap_ctrl_secret"))
+            .transpose()?;
         if ctrl.is_some() && host.is_none() {
             bail!("node.dhchap_ctrl_secret needs node.dhchap_secret");
         }
@@ -276,8 +296,10 @@ impl LimitsSpec {
             o.max_connections_per_address = n;
         }
         if let Some(b) = &self.connection_buffer {
-            let bytes = ferrite_block::parse_size(b).with_context(|| format!("limits: connection_buffer {b:?}"))?;
-            o.max_connection_buffer = usize::try_from(bytes).context("limits: connection_buffer too large")?;
+            let bytes = ferrite_block::parse_size(b)
+                .with_context(|| format!("limits: connection_buffer {b:?}"))?;
+            o.max_connection_buffer =
+                usize::try_from(bytes).context("limits: connection_buffer too large")?;
         }
         let secs = |name: &str, v: Option<u64>, into: &mut Duration| -> Result<()> {
             if let Some(s) = v {
@@ -288,10 +310,26 @@ impl LimitsSpec {
             }
             Ok(())
         };
-        secs("drain_timeout_secs", self.drain_timeout_secs, &mut o.drain_timeout)?;
-        secs("data_timeout_secs", self.data_timeout_secs, &mut o.data_timeout)?;
-        secs("idle_timeout_secs", self.idle_timeout_secs, &mut o.ic_timeout)?;
-        secs("idle_timeout_secs", self.idle_timeout_secs, &mut o.connect_timeout)?;
+        secs(
+            "drain_timeout_secs",
+            self.drain_timeout_secs,
+            &mut o.drain_timeout,
+        )?;
+        secs(
+            "data_timeout_secs",
+            self.data_timeout_secs,
+            &mut o.data_timeout,
+        )?;
+        secs(
+            "idle_timeout_secs",
+            self.idle_timeout_secs,
+            &mut o.ic_timeout,
+        )?;
+        secs(
+            "idle_timeout_secs",
+            self.idle_timeout_secs,
+            &mut o.connect_timeout,
+        )?;
         o.host_keys = self.dhchap_hosts.clone();
         Ok(o)
     }
@@ -327,8 +365,9 @@ pub fn node_hostnqn(name: &str) -> String {
 
 /// Parses a UUID in its usual text form.
 pub fn parse_uuid(what: &str, s: &str) -> Result<uuid::Uuid> {
-    uuid::Uuid::parse_str(s)
-        .with_context(|| format!("{what}: {s:?} is not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)"))
+    uuid::Uuid::parse_str(s).with_context(|| {
+        format!("{what}: {s:?} is not a UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)")
+    })
 }
 
 /// One exported subsystem.
@@ -365,13 +404,15 @@ pub const DEFAULT_BLOCK_SIZE: u32 = 4096;
 impl Config {
     /// Reads a YAML configuration file.
     pub fn load(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
         Config::parse(&text).with_context(|| format!("in config {}", path.display()))
     }
 
     /// Parses YAML configuration text.
     pub fn parse(text: &str) -> Result<Config> {
-        let mut c: Config = serde_saphyr::from_str(text).map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        let mut c: Config = serde_saphyr::from_str(text)
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         // Bad secrets are reported by `validate`.
         c.limits.dhchap_hosts = c.node.host_keys().unwrap_or_default();
         Ok(c)
@@ -391,7 +432,8 @@ impl Config {
                 bail!("subsystem {:?} is given twice", s.nqn);
             }
             for h in &s.allow_hosts {
-                nqn::validate(h).with_context(|| format!("subsystem {:?}: allowed host {h:?}", s.nqn))?;
+                nqn::validate(h)
+                    .with_context(|| format!("subsystem {:?}: allowed host {h:?}", s.nqn))?;
             }
             if s.namespaces.is_empty() {
                 bail!("subsystem {:?} has no namespaces", s.nqn);
@@ -399,10 +441,17 @@ impl Config {
             let mut ids = HashSet::new();
             for ns in &s.namespaces {
                 if !ids.insert(ns.nsid) {
-                    bail!("subsystem {:?}: namespace ID {} is given twice", s.nqn, ns.nsid);
+                    bail!(
+                        "subsystem {:?}: namespace ID {} is given twice",
+                        s.nqn,
+                        ns.nsid
+                    );
                 }
                 BackendSpec::parse(&ns.backend).with_context(|| {
-                    format!("subsystem {:?} namespace {}: backend {:?}", s.nqn, ns.nsid, ns.backend)
+                    format!(
+                        "subsystem {:?} namespace {}: backend {:?}",
+                        s.nqn, ns.nsid, ns.backend
+                    )
                 })?;
             }
         }
@@ -429,7 +478,8 @@ impl Config {
                 BackendSpec::parse(d).with_context(|| format!("pool {:?}: disk {d:?}", p.name))?;
             }
             if let Some(s) = &p.stripe_size {
-                ferrite_block::parse_size(s).with_context(|| format!("pool {:?}: stripe_size {s:?}", p.name))?;
+                ferrite_block::parse_size(s)
+                    .with_context(|| format!("pool {:?}: stripe_size {s:?}", p.name))?;
             }
         }
         let mut replicas = HashSet::new();
@@ -439,10 +489,13 @@ impl Config {
                 bail!("replica {id} is given twice");
             }
             if !pools.contains(r.pool.as_str()) {
-                bail!("replica {id}: pool {:?} is not configured on this node", r.pool);
+                bail!(
+                    "replica {id}: pool {:?} is not configured on this node",
+                    r.pool
+                );
             }
-            let size =
-                ferrite_block::parse_size(&r.size).with_context(|| format!("replica {id}: size {:?}", r.size))?;
+            let size = ferrite_block::parse_size(&r.size)
+                .with_context(|| format!("replica {id}: size {:?}", r.size))?;
             if size == 0 {
                 bail!("replica {id}: size must be greater than zero");
             }
@@ -451,7 +504,8 @@ impl Config {
                     nqn::validate(n).with_context(|| format!("replica {id}: export nqn"))?;
                 }
                 for h in &e.allow_hosts {
-                    nqn::validate(h).with_context(|| format!("replica {id}: allowed host {h:?}"))?;
+                    nqn::validate(h)
+                        .with_context(|| format!("replica {id}: allowed host {h:?}"))?;
                 }
             }
         }
@@ -471,7 +525,9 @@ impl Config {
                     bail!("volume {id}: replica {rid} is listed twice");
                 }
                 if r.address.is_none() && !replicas.contains(&rid) {
-                    bail!("volume {id}: replica {rid} has no address and is not a replica of this node");
+                    bail!(
+                        "volume {id}: replica {rid} has no address and is not a replica of this node"
+                    );
                 }
             }
             if let Some(n) = &v.nqn {
@@ -519,14 +575,20 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.pools[0].disks.len(), 2);
         assert!(c.replicas[0].thin);
-        assert_eq!(c.volumes[0].replicas[1].address, Some("127.0.0.2:4420".parse().unwrap()));
+        assert_eq!(
+            c.volumes[0].replicas[1].address,
+            Some("127.0.0.2:4420".parse().unwrap())
+        );
     }
 
     #[test]
     fn rejects_bad_storage() {
         let bad = [
             ("pools:\n  - name: p\n    disks: []\n", "no disks"),
-            ("replicas:\n  - uuid: nope\n    pool: p\n    size: 1M\n", "not a UUID"),
+            (
+                "replicas:\n  - uuid: nope\n    pool: p\n    size: 1M\n",
+                "not a UUID",
+            ),
             (
                 "replicas:\n  - uuid: 3f2a0d2e-6a8e-4c65-9d3b-0c2f6f7e5a11\n    pool: p\n    size: 1M\n",
                 "not configured",
@@ -535,7 +597,10 @@ mod tests {
                 "volumes:\n  - uuid: 9b1c4f0e-2f4d-4d8a-8c3e-6a5b4c3d2e1f\n    replicas:\n      - uuid: 3f2a0d2e-6a8e-4c65-9d3b-0c2f6f7e5a11\n",
                 "no address",
             ),
-            ("volumes:\n  - uuid: 9b1c4f0e-2f4d-4d8a-8c3e-6a5b4c3d2e1f\n    replicas: []\n", "no replicas"),
+            (
+                "volumes:\n  - uuid: 9b1c4f0e-2f4d-4d8a-8c3e-6a5b4c3d2e1f\n    replicas: []\n",
+                "no replicas",
+            ),
         ];
         for (text, want) in bad {
             let e = Config::parse(text).unwrap().validate().unwrap_err();
@@ -555,7 +620,10 @@ mod tests {
         let k = &keys["nqn.2024-01.dev.ferrite:node-a"];
         assert!(k.ctrl.is_some());
         assert_eq!(c.node.own_secrets().unwrap().0.unwrap().key_len(), 32);
-        assert!(!format!("{c:?}").contains("ia6zGod"), "secrets stay out of Debug output");
+        assert!(
+            !format!("{c:?}").contains("ia6zGod"),
+            "secrets stay out of Debug output"
+        );
         // Without the section nothing changes.
         let plain = Config::parse("node: {name: b}\n").unwrap();
         assert!(plain.limits.target_options().unwrap().host_keys.is_empty());
@@ -571,14 +639,23 @@ mod tests {
         ] {
             assert!(Config::parse(&bad).and_then(|c| c.validate()).is_err(), "{bad}");
         }
-        assert!(Config::parse("node:\n  dhchap_hosts: [{nqn: nqn.2024-01.dev.ferrite:a}]\n").is_err());
+        assert!(
+            Config::parse("node:\n  dhchap_hosts: [{nqn: nqn.2024-01.dev.ferrite:a}]\n").is_err()
+        );
     }
 
     #[test]
     fn rejects_unknown_fields_and_bad_values() {
         assert!(Config::parse("listen: []\nsubsystem: []\n").is_err());
-        let c = Config::parse("subsystems:\n  - nqn: nqn.2024-01.dev.ferrite:v\n    namespaces: []\n").unwrap();
-        assert!(c.validate().unwrap_err().to_string().contains("no namespaces"));
+        let c =
+            Config::parse("subsystems:\n  - nqn: nqn.2024-01.dev.ferrite:v\n    namespaces: []\n")
+                .unwrap();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("no namespaces")
+        );
         let c = Config::parse(
             "subsystems:\n  - nqn: nqn.2024-01.dev.ferrite:v\n    namespaces:\n      - backend: ram:1M\n      - backend: ram:1M\n",
         )

@@ -17,8 +17,11 @@ pub fn config(dir: Option<PathBuf>) -> Result<Config> {
         Some(d) => d,
         None => std::env::temp_dir().join(format!("ferrite-demo-{}", std::process::id())),
     };
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating demo folder {}", dir.display()))?;
-    let dir = dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))?;
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("creating demo folder {}", dir.display()))?;
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", dir.display()))?;
     let text = DEMO_YAML.replace("{dir}", &dir.display().to_string());
     Config::parse(&text).context("the embedded demo configuration")
 }

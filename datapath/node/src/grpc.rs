@@ -25,18 +25,30 @@ pub async fn serve(
     storage: Arc<Storage>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the node API on {addr}"))?;
-    let bound = listener.local_addr().context("reading the node API address")?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the node API on {addr}"))?;
+    let bound = listener
+        .local_addr()
+        .context("reading the node API address")?;
     let mut builder = tonic::transport::Server::builder().timeout(REQUEST_TIMEOUT);
     if let Some(tls) = tls {
-        builder = builder.tls_config(tls).context("the node API's TLS configuration")?;
+        builder = builder
+            .tls_config(tls)
+            .context("the node API's TLS configuration")?;
         info!(%bound, "serving the node API (gRPC, mutual TLS)");
     } else {
         warn!(%bound, "serving the node API WITHOUT authentication (--grpc-insecure)");
     }
-    let router = builder.add_service(NodeServer::new(NodeService { storage, comparing: Default::default() }));
+    let router = builder.add_service(NodeServer::new(NodeService {
+        storage,
+        comparing: Default::default(),
+    }));
     tokio::spawn(async move {
-        if let Err(e) = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown).await {
+        if let Err(e) = router
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .await
+        {
             warn!(error = %e, "the node API stopped");
         }
     });
@@ -59,7 +71,10 @@ struct ComparingGuard(Arc<std::sync::Mutex<std::collections::HashSet<Uuid>>>, Uu
 
 impl Drop for ComparingGuard {
     fn drop(&mut self) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.1);
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.1);
     }
 }
 
@@ -82,7 +97,14 @@ fn comparison_msg(v: &serde_json::Value) -> pb::CompareVolumeResponse {
                         differing_bytes: u(&p["differing_bytes"]),
                         differing: p["differing"]
                             .as_array()
-                            .map(|ds| ds.iter().map(|d| pb::ByteRange { start: u(&d[0]), end: u(&d[1]) }).collect())
+                            .map(|ds| {
+                                ds.iter()
+                                    .map(|d| pb::ByteRange {
+                                        start: u(&d[0]),
+                                        end: u(&d[1]),
+                                    })
+                                    .collect()
+                            })
                             .unwrap_or_default(),
                     })
                     .collect()
@@ -119,7 +141,14 @@ fn pool_msg(p: &Pool) -> pb::Pool {
         used_bytes: p.store.used_bytes(),
         free_bytes: p.store.free_bytes(),
         state: pb::PoolState::Online as i32,
-        members: p.disks.iter().map(|d| pb::PoolMember { disk: d.clone(), state: "online".into() }).collect(),
+        members: p
+            .disks
+            .iter()
+            .map(|d| pb::PoolMember {
+                disk: d.clone(),
+                state: "online".into(),
+            })
+            .collect(),
     }
 }
 
@@ -193,7 +222,10 @@ fn volume_msg(v: &VolumeView, endpoints: &[SocketAddr]) -> pb::Volume {
             .iter()
             .map(|r| pb::VolumeReplicaStatus {
                 uuid: r.uuid.clone(),
-                description: r.address.map(|a| format!("remote at {a}")).unwrap_or_else(|| "local".into()),
+                description: r
+                    .address
+                    .map(|a| format!("remote at {a}"))
+                    .unwrap_or_else(|| "local".into()),
                 state: pb::ReplicaState::Connecting as i32,
                 ..Default::default()
             })
@@ -218,10 +250,17 @@ fn volume_replica(r: pb::VolumeReplica) -> Result<VolumeReplicaSpec, Status> {
         None
     } else {
         Some(r.address.parse::<SocketAddr>().map_err(|_| {
-            Status::invalid_argument(format!("replica {}: address {:?} is not IP:PORT", r.uuid, r.address))
+            Status::invalid_argument(format!(
+                "replica {}: address {:?} is not IP:PORT",
+                r.uuid, r.address
+            ))
         })?)
     };
-    Ok(VolumeReplicaSpec { uuid: r.uuid, address, nqn: (!r.nqn.is_empty()).then_some(r.nqn) })
+    Ok(VolumeReplicaSpec {
+        uuid: r.uuid,
+        address,
+        nqn: (!r.nqn.is_empty()).then_some(r.nqn),
+    })
 }
 
 impl NodeService {
@@ -238,7 +277,13 @@ impl Node for NodeService {
         Ok(Response::new(pb::NodeInfo {
             name: self.storage.node.clone(),
             host_nqn: self.storage.host.hostnqn.clone(),
-            nvme_endpoints: self.storage.target.listen_addrs().iter().map(|a| a.to_string()).collect(),
+            nvme_endpoints: self
+                .storage
+                .target
+                .listen_addrs()
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
             version: env!("CARGO_PKG_VERSION").into(),
         }))
     }
@@ -255,45 +300,78 @@ impl Node for NodeService {
         Ok(Response::new(pool_msg(&pool)))
     }
 
-    async fn destroy_pool(&self, req: Request<pb::DestroyPoolRequest>) -> Reply<pb::DestroyPoolResponse> {
+    async fn destroy_pool(
+        &self,
+        req: Request<pb::DestroyPoolRequest>,
+    ) -> Reply<pb::DestroyPoolResponse> {
         self.storage.destroy_pool(&req.into_inner().name).await?;
         Ok(Response::new(pb::DestroyPoolResponse {}))
     }
 
     async fn list_pools(&self, _: Request<pb::ListPoolsRequest>) -> Reply<pb::ListPoolsResponse> {
-        Ok(Response::new(pb::ListPoolsResponse { pools: self.storage.pools().iter().map(|p| pool_msg(p)).collect() }))
+        Ok(Response::new(pb::ListPoolsResponse {
+            pools: self.storage.pools().iter().map(|p| pool_msg(p)).collect(),
+        }))
     }
 
     async fn create_replica(&self, req: Request<pb::CreateReplicaRequest>) -> Reply<pb::Replica> {
         let r = req.into_inner();
         uuid("replica uuid", &r.uuid)?;
-        let export =
-            (!r.allowed_hosts.is_empty()).then_some(ExportSpec { nqn: None, allow_hosts: r.allowed_hosts, allow_any_host: false });
-        let spec = ReplicaSpec { uuid: r.uuid, pool: r.pool, size: r.size_bytes.to_string(), thin: r.thin, export };
+        let export = (!r.allowed_hosts.is_empty()).then_some(ExportSpec {
+            nqn: None,
+            allow_hosts: r.allowed_hosts,
+            allow_any_host: false,
+        });
+        let spec = ReplicaSpec {
+            uuid: r.uuid,
+            pool: r.pool,
+            size: r.size_bytes.to_string(),
+            thin: r.thin,
+            export,
+        };
         let replica = self.storage.create_replica(spec).await?;
         Ok(Response::new(replica_msg(&replica)))
     }
 
-    async fn destroy_replica(&self, req: Request<pb::DestroyReplicaRequest>) -> Reply<pb::DestroyReplicaResponse> {
-        self.storage.destroy_replica(uuid("replica uuid", &req.into_inner().uuid)?).await?;
+    async fn destroy_replica(
+        &self,
+        req: Request<pb::DestroyReplicaRequest>,
+    ) -> Reply<pb::DestroyReplicaResponse> {
+        self.storage
+            .destroy_replica(uuid("replica uuid", &req.into_inner().uuid)?)
+            .await?;
         Ok(Response::new(pb::DestroyReplicaResponse {}))
     }
 
     async fn resize_replica(&self, req: Request<pb::ResizeReplicaRequest>) -> Reply<pb::Replica> {
         let r = req.into_inner();
-        let replica = self.storage.resize_replica(uuid("replica uuid", &r.uuid)?, r.size_bytes).await?;
+        let replica = self
+            .storage
+            .resize_replica(uuid("replica uuid", &r.uuid)?, r.size_bytes)
+            .await?;
         Ok(Response::new(replica_msg(&replica)))
     }
 
     async fn export_replica(&self, req: Request<pb::ExportReplicaRequest>) -> Reply<pb::Replica> {
         let r = req.into_inner();
-        let replica = self.storage.export_replica(uuid("replica uuid", &r.uuid)?, r.allowed_hosts).await?;
+        let replica = self
+            .storage
+            .export_replica(uuid("replica uuid", &r.uuid)?, r.allowed_hosts)
+            .await?;
         Ok(Response::new(replica_msg(&replica)))
     }
 
-    async fn list_replicas(&self, _: Request<pb::ListReplicasRequest>) -> Reply<pb::ListReplicasResponse> {
+    async fn list_replicas(
+        &self,
+        _: Request<pb::ListReplicasRequest>,
+    ) -> Reply<pb::ListReplicasResponse> {
         Ok(Response::new(pb::ListReplicasResponse {
-            replicas: self.storage.replicas().iter().map(|r| replica_msg(r)).collect(),
+            replicas: self
+                .storage
+                .replicas()
+                .iter()
+                .map(|r| replica_msg(r))
+                .collect(),
         }))
     }
 
@@ -305,55 +383,101 @@ impl Node for NodeService {
             nqn: (!r.nqn.is_empty()).then_some(r.nqn),
             allow_hosts: r.allowed_hosts,
             allow_any_host: false,
-            replicas: r.replicas.into_iter().map(volume_replica).collect::<Result<_, _>>()?,
+            replicas: r
+                .replicas
+                .into_iter()
+                .map(volume_replica)
+                .collect::<Result<_, _>>()?,
         };
         let v = self.storage.create_volume(spec).await?;
         Ok(Response::new(self.volume(v)))
     }
 
-    async fn destroy_volume(&self, req: Request<pb::DestroyVolumeRequest>) -> Reply<pb::DestroyVolumeResponse> {
-        self.storage.destroy_volume(uuid("volume uuid", &req.into_inner().uuid)?).await?;
+    async fn destroy_volume(
+        &self,
+        req: Request<pb::DestroyVolumeRequest>,
+    ) -> Reply<pb::DestroyVolumeResponse> {
+        self.storage
+            .destroy_volume(uuid("volume uuid", &req.into_inner().uuid)?)
+            .await?;
         Ok(Response::new(pb::DestroyVolumeResponse {}))
     }
 
-    async fn add_volume_replica(&self, req: Request<pb::AddVolumeReplicaRequest>) -> Reply<pb::Volume> {
+    async fn add_volume_replica(
+        &self,
+        req: Request<pb::AddVolumeReplicaRequest>,
+    ) -> Reply<pb::Volume> {
         let r = req.into_inner();
         let id = uuid("volume uuid", &r.uuid)?;
-        let replica = volume_replica(r.replica.ok_or_else(|| Status::invalid_argument("replica is required"))?)?;
-        Ok(Response::new(self.volume(self.storage.add_volume_replica(id, replica).await?)))
+        let replica = volume_replica(
+            r.replica
+                .ok_or_else(|| Status::invalid_argument("replica is required"))?,
+        )?;
+        Ok(Response::new(self.volume(
+            self.storage.add_volume_replica(id, replica).await?,
+        )))
     }
 
-    async fn remove_volume_replica(&self, req: Request<pb::RemoveVolumeReplicaRequest>) -> Reply<pb::Volume> {
+    async fn remove_volume_replica(
+        &self,
+        req: Request<pb::RemoveVolumeReplicaRequest>,
+    ) -> Reply<pb::Volume> {
         let r = req.into_inner();
-        let v = self.storage.remove_volume_replica(uuid("volume uuid", &r.uuid)?, uuid("replica uuid", &r.replica_uuid)?).await?;
+        let v = self
+            .storage
+            .remove_volume_replica(
+                uuid("volume uuid", &r.uuid)?,
+                uuid("replica uuid", &r.replica_uuid)?,
+            )
+            .await?;
         Ok(Response::new(self.volume(v)))
     }
 
     async fn set_volume_hosts(&self, req: Request<pb::SetVolumeHostsRequest>) -> Reply<pb::Volume> {
         let r = req.into_inner();
-        let v = self.storage.set_volume_hosts(uuid("volume uuid", &r.uuid)?, r.allowed_hosts).await?;
+        let v = self
+            .storage
+            .set_volume_hosts(uuid("volume uuid", &r.uuid)?, r.allowed_hosts)
+            .await?;
         Ok(Response::new(self.volume(v)))
     }
 
     async fn resize_volume(&self, req: Request<pb::ResizeVolumeRequest>) -> Reply<pb::Volume> {
         let r = req.into_inner();
-        let v = self.storage.resize_volume(uuid("volume uuid", &r.uuid)?, r.size_bytes).await?;
+        let v = self
+            .storage
+            .resize_volume(uuid("volume uuid", &r.uuid)?, r.size_bytes)
+            .await?;
         Ok(Response::new(self.volume(v)))
     }
 
     async fn get_volume(&self, req: Request<pb::GetVolumeRequest>) -> Reply<pb::Volume> {
         let id = uuid("volume uuid", &req.into_inner().uuid)?;
-        let v = self.storage.volume_view(id).ok_or_else(|| Status::not_found(format!("volume {id} is not served by this node")))?;
+        let v = self
+            .storage
+            .volume_view(id)
+            .ok_or_else(|| Status::not_found(format!("volume {id} is not served by this node")))?;
         Ok(Response::new(self.volume(v)))
     }
 
-    async fn list_volumes(&self, _: Request<pb::ListVolumesRequest>) -> Reply<pb::ListVolumesResponse> {
-        let volumes =
-            self.storage.volume_records().iter().filter_map(|r| self.storage.volume_view(r.uuid)).map(|v| self.volume(v)).collect();
+    async fn list_volumes(
+        &self,
+        _: Request<pb::ListVolumesRequest>,
+    ) -> Reply<pb::ListVolumesResponse> {
+        let volumes = self
+            .storage
+            .volume_records()
+            .iter()
+            .filter_map(|r| self.storage.volume_view(r.uuid))
+            .map(|v| self.volume(v))
+            .collect();
         Ok(Response::new(pb::ListVolumesResponse { volumes }))
     }
 
-    async fn compare_volume(&self, req: Request<pb::CompareVolumeRequest>) -> Reply<pb::CompareVolumeResponse> {
+    async fn compare_volume(
+        &self,
+        req: Request<pb::CompareVolumeRequest>,
+    ) -> Reply<pb::CompareVolumeResponse> {
         let id = uuid("volume uuid", &req.into_inner().uuid)?;
         if self.storage.volume_view(id).is_none() {
             return Err(Status::not_found(format!("volume {id} is not served here")));
@@ -361,12 +485,18 @@ impl Node for NodeService {
         let _guard = {
             let mut running = self.comparing.lock().unwrap_or_else(|p| p.into_inner());
             if !running.insert(id) {
-                return Err(Status::aborted(format!("volume {id} is being compared already; retry when it is done")));
+                return Err(Status::aborted(format!(
+                    "volume {id} is being compared already; retry when it is done"
+                )));
             }
             ComparingGuard(self.comparing.clone(), id)
         };
         info!(volume = %id, "comparing replicas");
-        let report = self.storage.compare(id).await.map_err(|e| Status::unavailable(format!("{e:#}")))?;
+        let report = self
+            .storage
+            .compare(id)
+            .await
+            .map_err(|e| Status::unavailable(format!("{e:#}")))?;
         Ok(Response::new(comparison_msg(&report)))
     }
 }

@@ -27,7 +27,9 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Starts serving on `addr`; returns the bound address.
 pub async fn serve(addr: SocketAddr, source: Arc<dyn StatusSource>) -> Result<SocketAddr> {
-    let listener = TcpListener::bind(addr).await.with_context(|| format!("binding the HTTP endpoint {addr}"))?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the HTTP endpoint {addr}"))?;
     let bound = listener.local_addr()?;
     info!(%bound, "serving /metrics and /v1/status");
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
@@ -73,11 +75,26 @@ async fn handle(mut s: TcpStream, source: Arc<dyn StatusSource>) -> Result<()> {
     }
     let text = String::from_utf8_lossy(&req);
     let mut parts = text.lines().next().unwrap_or_default().split_whitespace();
-    let (method, path) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    let (method, path) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
     match (method, path) {
-        ("GET", "/metrics") => respond(&mut s, 200, "text/plain; version=0.0.4", &source.metrics()).await,
-        ("GET", "/v1/status") => respond(&mut s, 200, "application/json", &source.status_json()).await,
-        ("GET", _) => respond(&mut s, 404, "text/plain", "not found: try /metrics or /v1/status\n").await,
+        ("GET", "/metrics") => {
+            respond(&mut s, 200, "text/plain; version=0.0.4", &source.metrics()).await
+        }
+        ("GET", "/v1/status") => {
+            respond(&mut s, 200, "application/json", &source.status_json()).await
+        }
+        ("GET", _) => {
+            respond(
+                &mut s,
+                404,
+                "text/plain",
+                "not found: try /metrics or /v1/status\n",
+            )
+            .await
+        }
         _ => respond(&mut s, 405, "text/plain", "only GET is served\n").await,
     }
 }
@@ -90,7 +107,10 @@ async fn respond(s: &mut TcpStream, code: u16, kind: &str, body: &str) -> Result
         405 => "Method Not Allowed",
         _ => "Request Header Fields Too Large",
     };
-    let head = format!("HTTP/1.1 {code} {reason}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    let head = format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
     tokio::time::timeout(IO_TIMEOUT, async {
         s.write_all(head.as_bytes()).await?;
         s.write_all(body.as_bytes()).await?;
@@ -118,7 +138,9 @@ mod tests {
 
     async fn get(addr: SocketAddr, path: &str) -> String {
         let mut s = TcpStream::connect(addr).await.expect("connect");
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.expect("write");
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
         let mut out = String::new();
         s.read_to_string(&mut out).await.expect("read");
         out
@@ -126,19 +148,28 @@ mod tests {
 
     #[tokio::test]
     async fn serves_only_metrics_and_status() {
-        let addr = serve("127.0.0.1:0".parse().expect("addr"), Arc::new(Fixed)).await.expect("serve");
+        let addr = serve("127.0.0.1:0".parse().expect("addr"), Arc::new(Fixed))
+            .await
+            .expect("serve");
         assert!(get(addr, "/metrics").await.starts_with("HTTP/1.1 200"));
         assert!(get(addr, "/v1/status").await.ends_with("{}"));
         // The comparison left HTTP for the authenticated node API; these used to panic the
         // request task on a slice bound or read whole replicas for anyone.
-        for p in ["/v1/volumes/compare", "/v1/volumes//compare", "/v1/volumes/x/compare", "/v1/volumes/"] {
+        for p in [
+            "/v1/volumes/compare",
+            "/v1/volumes//compare",
+            "/v1/volumes/x/compare",
+            "/v1/volumes/",
+        ] {
             assert!(get(addr, p).await.starts_with("HTTP/1.1 404"), "{p}");
         }
     }
 
     #[tokio::test]
     async fn connections_beyond_the_limit_are_closed() {
-        let addr = serve("127.0.0.1:0".parse().expect("addr"), Arc::new(Fixed)).await.expect("serve");
+        let addr = serve("127.0.0.1:0".parse().expect("addr"), Arc::new(Fixed))
+            .await
+            .expect("serve");
         // Idle connections hold their slots until the request timeout.
         let mut idle = Vec::new();
         for _ in 0..MAX_CONNECTIONS {
@@ -147,8 +178,14 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let mut extra = TcpStream::connect(addr).await.expect("connect");
         let mut buf = [0u8; 16];
-        let n = tokio::time::timeout(Duration::from_secs(2), extra.read(&mut buf)).await.expect("closed at once");
-        assert_eq!(n.ok(), Some(0), "the extra connection is closed without an answer");
+        let n = tokio::time::timeout(Duration::from_secs(2), extra.read(&mut buf))
+            .await
+            .expect("closed at once");
+        assert_eq!(
+            n.ok(),
+            Some(0),
+            "the extra connection is closed without an answer"
+        );
         drop(idle);
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(get(addr, "/metrics").await.starts_with("HTTP/1.1 200"));

@@ -37,6 +37,8 @@ fn main() -> Result<()> {
         .with_target(false)
         .init();
     let config = args.to_config()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(serve::run(config, args.config.clone()))
 }

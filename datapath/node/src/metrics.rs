@@ -11,7 +11,9 @@ use uuid::Uuid;
 
 use crate::storage::{Storage, VolumeState};
 use ferrite_target::stats::{HistogramSnapshot, LATENCY_BUCKETS_US, TargetStatsSnapshot};
-use prometheus::proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::proto::{
+    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
+};
 use prometheus::{Encoder, TextEncoder};
 
 fn labels(pairs: &[(&str, &str)]) -> Vec<LabelPair> {
@@ -87,7 +89,10 @@ fn storage_families(storage: &Storage) -> Vec<MetricFamily> {
         let vid = v.uuid.to_string();
         let current = v.state();
         for s in VolumeState::ALL {
-            vstate.push(gauge(labels(&[("volume", &vid), ("state", s.name())]), if s == current { 1.0 } else { 0.0 }));
+            vstate.push(gauge(
+                labels(&[("volume", &vid), ("state", s.name())]),
+                if s == current { 1.0 } else { 0.0 },
+            ));
         }
         let Some(st) = &v.status else { continue };
         rebuilt.push(counter(labels(&[("volume", &vid)]), st.rebuilt_bytes_total));
@@ -99,14 +104,32 @@ fn storage_families(storage: &Storage) -> Vec<MetricFamily> {
             }
             let p = r.rebuild.as_ref().or(r.last_rebuild.as_ref());
             let l = labels(&[("volume", &vid), ("replica", &rid)]);
-            done.push(gauge(l.clone(), p.map(|p| p.bytes_done).unwrap_or(0) as f64));
+            done.push(gauge(
+                l.clone(),
+                p.map(|p| p.bytes_done).unwrap_or(0) as f64,
+            ));
             total.push(gauge(l, p.map(|p| p.bytes_total).unwrap_or(0) as f64));
         }
     }
     vec![
-        family("ferrite_pool_capacity_bytes", "Bytes a pool can hold for replicas", MetricType::GAUGE, cap),
-        family("ferrite_pool_used_bytes", "Bytes of a pool allocated or reserved by replicas", MetricType::GAUGE, used),
-        family("ferrite_pool_free_bytes", "Bytes of a pool still free", MetricType::GAUGE, free),
+        family(
+            "ferrite_pool_capacity_bytes",
+            "Bytes a pool can hold for replicas",
+            MetricType::GAUGE,
+            cap,
+        ),
+        family(
+            "ferrite_pool_used_bytes",
+            "Bytes of a pool allocated or reserved by replicas",
+            MetricType::GAUGE,
+            used,
+        ),
+        family(
+            "ferrite_pool_free_bytes",
+            "Bytes of a pool still free",
+            MetricType::GAUGE,
+            free,
+        ),
         family(
             "ferrite_replica_size_bytes",
             "Size of a replica (including the mirror label reserve)",
@@ -119,7 +142,12 @@ fn storage_families(storage: &Storage) -> Vec<MetricFamily> {
             MetricType::GAUGE,
             alloc,
         ),
-        family("ferrite_volume_state", "1 for the volume's current state, 0 for the others", MetricType::GAUGE, vstate),
+        family(
+            "ferrite_volume_state",
+            "1 for the volume's current state, 0 for the others",
+            MetricType::GAUGE,
+            vstate,
+        ),
         family(
             "ferrite_volume_replica_state",
             "1 for each volume replica's current state, 0 for the others",
@@ -151,7 +179,10 @@ fn storage_families(storage: &Storage) -> Vec<MetricFamily> {
 fn target_families(s: &TargetStatsSnapshot) -> Vec<MetricFamily> {
     let refused = vec![
         counter(labels(&[("reason", "total_limit")]), s.refused_total_limit),
-        counter(labels(&[("reason", "address_limit")]), s.refused_address_limit),
+        counter(
+            labels(&[("reason", "address_limit")]),
+            s.refused_address_limit,
+        ),
     ];
     let closed = [
         ("icreq_timeout", s.ic_timeouts),
@@ -246,7 +277,10 @@ pub fn render(target: &Target, storage: &Storage) -> String {
             bytes.push(counter(l.clone(), b));
             lat.push(histogram(l, h));
         }
-        ops.push(counter(labels(&[base[0], base[1], ("op", "flush")]), s.flush_ops));
+        ops.push(counter(
+            labels(&[base[0], base[1], ("op", "flush")]),
+            s.flush_ops,
+        ));
         errors.push(counter(labels(&base), s.errors));
     }
     let mut families = vec![
@@ -256,7 +290,12 @@ pub fn render(target: &Target, storage: &Storage) -> String {
             MetricType::COUNTER,
             ops,
         ),
-        family("ferrite_volume_bytes_total", "Bytes read or written per namespace", MetricType::COUNTER, bytes),
+        family(
+            "ferrite_volume_bytes_total",
+            "Bytes read or written per namespace",
+            MetricType::COUNTER,
+            bytes,
+        ),
         family(
             "ferrite_volume_latency_seconds",
             "Time from command receipt to completion by the storage stack",
@@ -272,7 +311,11 @@ pub fn render(target: &Target, storage: &Storage) -> String {
     ];
     families.extend(target_families(&target.stats()));
     // Families without samples are left out (an empty family is not valid exposition).
-    families.extend(storage_families(storage).into_iter().filter(|f| !f.get_metric().is_empty()));
+    families.extend(
+        storage_families(storage)
+            .into_iter()
+            .filter(|f| !f.get_metric().is_empty()),
+    );
     let mut out = Vec::new();
     if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
         return format!("# error encoding metrics: {e}\n");
@@ -296,7 +339,9 @@ mod tests {
             ..Default::default()
         };
         let mut out = Vec::new();
-        TextEncoder::new().encode(&target_families(&s), &mut out).unwrap();
+        TextEncoder::new()
+            .encode(&target_families(&s), &mut out)
+            .unwrap();
         let text = String::from_utf8(out).unwrap();
         for line in [
             "ferrite_target_connections 3",
@@ -306,7 +351,10 @@ mod tests {
             "ferrite_target_connections_closed_total{reason=\"drain_timeout\"} 4",
             "ferrite_target_oversized_commands_total 5",
         ] {
-            assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
         }
     }
 }

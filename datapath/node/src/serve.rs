@@ -28,7 +28,8 @@ pub async fn run(mut config: Config, reload: Option<PathBuf>) -> Result<()> {
     // before anything is opened.
     let grpc_tls = match (&config.grpc, &config.grpc_tls_dir, config.grpc_insecure) {
         (Some(_), Some(dir), _) => Some(
-            ferrite_api::tls::server_tls(dir).with_context(|| format!("the node API's TLS files in {}", dir.display()))?,
+            ferrite_api::tls::server_tls(dir)
+                .with_context(|| format!("the node API's TLS files in {}", dir.display()))?,
         ),
         (Some(addr), None, false) => anyhow::bail!(
             "the node API on {addr} needs --grpc-tls-dir (mutual TLS; see docs/security.md), or --grpc-insecure to \
@@ -41,18 +42,32 @@ pub async fn run(mut config: Config, reload: Option<PathBuf>) -> Result<()> {
     for s in &config.subsystems {
         let mut namespaces = Vec::new();
         for ns in &s.namespaces {
-            let spec = BackendSpec::parse(&ns.backend).with_context(|| format!("{}: backend {:?}", s.nqn, ns.backend))?;
+            let spec = BackendSpec::parse(&ns.backend)
+                .with_context(|| format!("{}: backend {:?}", s.nqn, ns.backend))?;
             let device = spec
                 .open(ns.block_size.unwrap_or(DEFAULT_BLOCK_SIZE))
                 .await
-                .with_context(|| format!("{} namespace {}: opening {}", s.nqn, ns.nsid, ns.backend))?;
+                .with_context(|| {
+                    format!("{} namespace {}: opening {}", s.nqn, ns.nsid, ns.backend)
+                })?;
             info!(nqn = %s.nqn, nsid = ns.nsid, device = %device.describe(), size = device.size_bytes(),
                   block_size = device.block_size(), "namespace ready");
             devices.push(device.clone());
-            namespaces.push(NamespaceConfig { nsid: ns.nsid, device });
+            namespaces.push(NamespaceConfig {
+                nsid: ns.nsid,
+                device,
+            });
         }
-        let hosts = if s.allow_hosts.is_empty() { HostAccess::Any } else { HostAccess::Only(s.allow_hosts.clone()) };
-        target.add_subsystem(SubsystemConfig { nqn: s.nqn.clone(), hosts, namespaces })?;
+        let hosts = if s.allow_hosts.is_empty() {
+            HostAccess::Any
+        } else {
+            HostAccess::Only(s.allow_hosts.clone())
+        };
+        target.add_subsystem(SubsystemConfig {
+            nqn: s.nqn.clone(),
+            hosts,
+            namespaces,
+        })?;
     }
     let mut bound = Vec::new();
     for addr in &config.listen {
@@ -64,16 +79,27 @@ pub async fn run(mut config: Config, reload: Option<PathBuf>) -> Result<()> {
     let (api, state) = match config.grpc {
         None => (ApiKeys::default(), None),
         Some(_) => {
-            let file = StateFile::new(config.state_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)));
+            let file = StateFile::new(
+                config
+                    .state_dir
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+            );
             let saved = file.load()?;
             let api = state::merge(&mut config, saved)?;
-            config.validate().with_context(|| format!("the configuration merged with {}", file.path().display()))?;
+            config.validate().with_context(|| {
+                format!("the configuration merged with {}", file.path().display())
+            })?;
             (api, Some(file))
         }
     };
     let storage = Storage::open(&config, &api, &target, state).await?;
     if let Some(addr) = config.http {
-        let source = Arc::new(NodeStatus { target: target.clone(), storage: storage.clone(), node: node_name(&config) });
+        let source = Arc::new(NodeStatus {
+            target: target.clone(),
+            storage: storage.clone(),
+            node: node_name(&config),
+        });
         crate::http::serve(addr, source).await?;
     }
     let (stop_grpc, grpc_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -120,19 +146,42 @@ pub async fn run(mut config: Config, reload: Option<PathBuf>) -> Result<()> {
 fn print_connect_help(config: &Config, bound: &[std::net::SocketAddr]) {
     let Some(first) = bound.first() else { return };
     let (a, p) = (first.ip(), first.port());
-    println!("Ferrite datapath serving NVMe/TCP on {}", bound.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(", "));
+    println!(
+        "Ferrite datapath serving NVMe/TCP on {}",
+        bound
+            .iter()
+            .map(|b| b.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     println!("  discover:   nvme discover -t tcp -a {a} -s {p}");
     for s in &config.subsystems {
-        let host = s.allow_hosts.first().map(|h| format!(" --hostnqn {h}")).unwrap_or_default();
-        println!("  connect:    nvme connect -t tcp -a {a} -s {p} -n {}{host}", s.nqn);
+        let host = s
+            .allow_hosts
+            .first()
+            .map(|h| format!(" --hostnqn {h}"))
+            .unwrap_or_default();
+        println!(
+            "  connect:    nvme connect -t tcp -a {a} -s {p} -n {}{host}",
+            s.nqn
+        );
     }
     for v in &config.volumes {
-        let nqn = v.nqn.clone().unwrap_or_else(|| match uuid::Uuid::parse_str(&v.uuid) {
-            Ok(u) => crate::config::volume_nqn(&u),
-            Err(_) => v.uuid.clone(),
-        });
-        let host = v.allow_hosts.first().map(|h| format!(" --hostnqn {h}")).unwrap_or_default();
-        println!("  connect:    nvme connect -t tcp -a {a} -s {p} -n {nqn}{host}   (mirrored volume)");
+        let nqn = v
+            .nqn
+            .clone()
+            .unwrap_or_else(|| match uuid::Uuid::parse_str(&v.uuid) {
+                Ok(u) => crate::config::volume_nqn(&u),
+                Err(_) => v.uuid.clone(),
+            });
+        let host = v
+            .allow_hosts
+            .first()
+            .map(|h| format!(" --hostnqn {h}"))
+            .unwrap_or_default();
+        println!(
+            "  connect:    nvme connect -t tcp -a {a} -s {p} -n {nqn}{host}   (mirrored volume)"
+        );
     }
     println!("  disconnect: nvme disconnect -n <NQN>        (stop with Ctrl-C or SIGTERM)");
 }

@@ -41,7 +41,8 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/ferrite";
 
 /// First and last lines of the files this version writes (YAML comments): a file that starts
 /// with the first but does not end with the last was cut short.
-const HEADER: &str = "# Ferrite node state: the pools, replicas and volumes created through the node API.";
+const HEADER: &str =
+    "# Ferrite node state: the pools, replicas and volumes created through the node API.";
 const TRAILER: &str = "# End of the node state.";
 
 /// What the whole-file errors name as their entry.
@@ -106,7 +107,10 @@ fn position(at: &[usize], i: usize) -> usize {
 
 impl From<Config> for Loaded {
     fn from(state: Config) -> Loaded {
-        Loaded { state, ..Loaded::default() }
+        Loaded {
+            state,
+            ..Loaded::default()
+        }
     }
 }
 
@@ -135,19 +139,31 @@ impl StateFile {
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Loaded::default()),
-            Err(e) => return Err(e).with_context(|| format!("reading state file {}", path.display())),
+            Err(e) => {
+                return Err(e).with_context(|| format!("reading state file {}", path.display()));
+            }
         };
         let mut errors = Vec::new();
         match parse(&path, &bytes, &mut errors) {
-            Some((state, at)) => {
-                Ok(Loaded { state, refused: Refused { errors, kept_aside: None }, source: Some((path, bytes)), at })
-            }
+            Some((state, at)) => Ok(Loaded {
+                state,
+                refused: Refused {
+                    errors,
+                    kept_aside: None,
+                },
+                source: Some((path, bytes)),
+                at,
+            }),
             None => {
-                let aside = set_aside(&path, None)
-                    .context("a damaged state file must be kept before the node may write a new one")?;
+                let aside = set_aside(&path, None).context(
+                    "a damaged state file must be kept before the node may write a new one",
+                )?;
                 Ok(Loaded {
                     state: Config::default(),
-                    refused: Refused { errors, kept_aside: Some(aside) },
+                    refused: Refused {
+                        errors,
+                        kept_aside: Some(aside),
+                    },
                     source: None,
                     at: Positions::default(),
                 })
@@ -160,7 +176,8 @@ impl StateFile {
     pub fn save(&self, state: &Config) -> Result<()> {
         let yaml = serde_saphyr::to_string(state).context("encoding the node state")?;
         let text = format!("{HEADER}\n{}\n{TRAILER}\n", yaml.trim_end());
-        std::fs::create_dir_all(&self.dir).with_context(|| format!("creating state folder {}", self.dir.display()))?;
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("creating state folder {}", self.dir.display()))?;
         let path = self.path();
         let tmp = self.dir.join(format!(".{STATE_FILE}.tmp"));
         let written = write_synced(&tmp, text.as_bytes(), false)
@@ -180,7 +197,10 @@ impl StateFile {
 /// Writes `bytes` to `path` and fsyncs it; `new`: fail if the file exists.
 fn write_synced(path: &Path, bytes: &[u8], new: bool) -> std::io::Result<()> {
     let mut f = if new {
-        std::fs::OpenOptions::new().write(true).create_new(true).open(path)?
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)?
     } else {
         std::fs::File::create(path)?
     };
@@ -189,19 +209,27 @@ fn write_synced(path: &Path, bytes: &[u8], new: bool) -> std::io::Result<()> {
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("syncing folder {}", dir.display()))
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing folder {}", dir.display()))
 }
 
 /// Parses the state file's bytes, entry by entry. None: the file as a whole is unusable (the
 /// reason is in `errors`); otherwise the entries that parsed and where they are in the file,
 /// with the others in `errors`.
 fn parse(path: &Path, bytes: &[u8], errors: &mut Vec<StateError>) -> Option<(Config, Positions)> {
-    let refuse =
-        |entry: &str, reason: String| StateError { file: path.to_path_buf(), entry: entry.to_string(), reason };
+    let refuse = |entry: &str, reason: String| StateError {
+        file: path.to_path_buf(),
+        entry: entry.to_string(),
+        reason,
+    };
     let text = match std::str::from_utf8(bytes) {
         Ok(t) => t,
         Err(e) => {
-            errors.push(refuse(WHOLE_FILE, format!("not UTF-8 text, so not YAML ({e})")));
+            errors.push(refuse(
+                WHOLE_FILE,
+                format!("not UTF-8 text, so not YAML ({e})"),
+            ));
             return None;
         }
     };
@@ -248,7 +276,10 @@ fn parse(path: &Path, bytes: &[u8], errors: &mut Vec<StateError>) -> Option<(Con
     let Value::Object(sections) = doc else {
         errors.push(refuse(
             WHOLE_FILE,
-            format!("not a YAML mapping of pools, replicas and volumes (found {})", kind(&doc)),
+            format!(
+                "not a YAML mapping of pools, replicas and volumes (found {})",
+                kind(&doc)
+            ),
         ));
         return None;
     };
@@ -257,8 +288,12 @@ fn parse(path: &Path, bytes: &[u8], errors: &mut Vec<StateError>) -> Option<(Con
     for (name, section) in sections {
         match name.as_str() {
             "pools" => (state.pools, at.pools) = entries(path, "pools", "name", section, errors),
-            "replicas" => (state.replicas, at.replicas) = entries(path, "replicas", "uuid", section, errors),
-            "volumes" => (state.volumes, at.volumes) = entries(path, "volumes", "uuid", section, errors),
+            "replicas" => {
+                (state.replicas, at.replicas) = entries(path, "replicas", "uuid", section, errors)
+            }
+            "volumes" => {
+                (state.volumes, at.volumes) = entries(path, "volumes", "uuid", section, errors)
+            }
             _ => errors.push(refuse(
                 &format!("section {name:?}"),
                 "only pools, replicas and volumes belong in the state file; ignored".into(),
@@ -270,7 +305,9 @@ fn parse(path: &Path, bytes: &[u8], errors: &mut Vec<StateError>) -> Option<(Con
 
 /// Whether `text` holds anything but blank lines and comments.
 fn has_content(text: &str) -> bool {
-    text.lines().map(str::trim).any(|l| !l.is_empty() && !l.starts_with('#'))
+    text.lines()
+        .map(str::trim)
+        .any(|l| !l.is_empty() && !l.starts_with('#'))
 }
 
 /// For a file this version wrote that was cut short (it starts with [`HEADER`] but does not
@@ -305,15 +342,25 @@ fn entries<T: DeserializeOwned>(
     value: Value,
     errors: &mut Vec<StateError>,
 ) -> (Vec<T>, Vec<usize>) {
-    let refuse = |entry: String, reason: String| StateError { file: path.to_path_buf(), entry, reason };
+    let refuse = |entry: String, reason: String| StateError {
+        file: path.to_path_buf(),
+        entry,
+        reason,
+    };
     let items = match value {
         Value::Array(items) => items,
         Value::Null => {
-            errors.push(refuse(format!("section {section:?}"), "has no entries (is the file truncated?)".into()));
+            errors.push(refuse(
+                format!("section {section:?}"),
+                "has no entries (is the file truncated?)".into(),
+            ));
             return (Vec::new(), Vec::new());
         }
         other => {
-            errors.push(refuse(format!("section {section:?}"), format!("is not a list (found {})", kind(&other))));
+            errors.push(refuse(
+                format!("section {section:?}"),
+                format!("is not a list (found {})", kind(&other)),
+            ));
             return (Vec::new(), Vec::new());
         }
     };
@@ -327,7 +374,10 @@ fn entries<T: DeserializeOwned>(
             }
             // YAML scalars are text: a plain `size: 1024` is a number here but a fine string
             // to the YAML parser, so give the entry its YAML form before refusing it.
-            Err(e) => match serde_saphyr::to_string(&item).ok().and_then(|y| serde_saphyr::from_str::<T>(&y).ok()) {
+            Err(e) => match serde_saphyr::to_string(&item)
+                .ok()
+                .and_then(|y| serde_saphyr::from_str::<T>(&y).ok())
+            {
                 Some(t) => {
                     out.push(t);
                     at.push(i);
@@ -363,7 +413,11 @@ fn kind(v: &Value) -> &'static str {
 /// copy holds the same bytes. Returns where it is kept.
 fn set_aside(path: &Path, copy: Option<&[u8]>) -> Result<PathBuf> {
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+    let dir = if dir.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        dir
+    };
     let prefix = format!("{STATE_FILE}.bad-");
     if let Some(bytes) = copy {
         let earlier = std::fs::read_dir(&dir)
@@ -395,7 +449,10 @@ fn set_aside(path: &Path, copy: Option<&[u8]>) -> Result<PathBuf> {
 
 /// `20240611T100000Z`: a time in UTC, for file names.
 fn utc_stamp(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
     // Days since 1970-01-01 to a civil date (H. Hinnant's algorithm).
     let z = days + 719_468;
@@ -407,7 +464,12 @@ fn utc_stamp(t: SystemTime) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// Adds the state's pools, replicas and volumes to `config`. An object in both must be
@@ -417,11 +479,22 @@ fn utc_stamp(t: SystemTime) -> String {
 /// parse: every refusal is logged, and unless the file was already moved aside a copy of it
 /// is kept. Returns the keys that came from the state only, and the refusals.
 pub fn merge(config: &mut Config, loaded: Loaded) -> Result<ApiKeys> {
-    let Loaded { state, refused, source, at } = loaded;
-    let file = source.as_ref().map(|(p, _)| p.clone()).unwrap_or_else(|| PathBuf::from(STATE_FILE));
+    let Loaded {
+        state,
+        refused,
+        source,
+        at,
+    } = loaded;
+    let file = source
+        .as_ref()
+        .map(|(p, _)| p.clone())
+        .unwrap_or_else(|| PathBuf::from(STATE_FILE));
     let mut errors = refused.errors;
-    let refuse =
-        |entry: String, e: &dyn std::fmt::Display| StateError { file: file.clone(), entry, reason: e.to_string() };
+    let refuse = |entry: String, e: &dyn std::fmt::Display| StateError {
+        file: file.clone(),
+        entry,
+        reason: e.to_string(),
+    };
     let original = config.clone();
     let mut keys = ApiKeys::default();
     // The state entries accepted, with their labels, in order.
@@ -432,11 +505,19 @@ pub fn merge(config: &mut Config, loaded: Loaded) -> Result<ApiKeys> {
             if keys.pools.contains(&p.name) {
                 errors.push(refuse(label, &TWICE));
             } else if *c != p {
-                bail!("pool {:?} is in both the configuration and the state file, with different specs", p.name);
+                bail!(
+                    "pool {:?} is in both the configuration and the state file, with different specs",
+                    p.name
+                );
             }
             continue;
         }
-        match (Config { pools: vec![p.clone()], ..Config::default() }).validate() {
+        match (Config {
+            pools: vec![p.clone()],
+            ..Config::default()
+        })
+        .validate()
+        {
             Ok(()) => {
                 keys.pools.insert(p.name.clone());
                 config.pools.push(p.clone());
@@ -454,16 +535,33 @@ pub fn merge(config: &mut Config, loaded: Loaded) -> Result<ApiKeys> {
                 continue;
             }
         };
-        if let Some(c) = config.replicas.iter().find(|c| Uuid::parse_str(&c.uuid).ok() == Some(id)) {
+        if let Some(c) = config
+            .replicas
+            .iter()
+            .find(|c| Uuid::parse_str(&c.uuid).ok() == Some(id))
+        {
             if keys.replicas.contains(&id) {
                 errors.push(refuse(label, &TWICE));
             } else if *c != r {
-                bail!("replica {id} is in both the configuration and the state file, with different specs");
+                bail!(
+                    "replica {id} is in both the configuration and the state file, with different specs"
+                );
             }
             continue;
         }
-        let pools = config.pools.iter().filter(|p| p.name == r.pool).cloned().collect();
-        match (Config { pools, replicas: vec![r.clone()], ..Config::default() }).validate() {
+        let pools = config
+            .pools
+            .iter()
+            .filter(|p| p.name == r.pool)
+            .cloned()
+            .collect();
+        match (Config {
+            pools,
+            replicas: vec![r.clone()],
+            ..Config::default()
+        })
+        .validate()
+        {
             Ok(()) => {
                 keys.replicas.insert(id);
                 config.replicas.push(r.clone());
@@ -481,25 +579,47 @@ pub fn merge(config: &mut Config, loaded: Loaded) -> Result<ApiKeys> {
                 continue;
             }
         };
-        if let Some(c) = config.volumes.iter().find(|c| Uuid::parse_str(&c.uuid).ok() == Some(id)) {
+        if let Some(c) = config
+            .volumes
+            .iter()
+            .find(|c| Uuid::parse_str(&c.uuid).ok() == Some(id))
+        {
             if keys.volumes.contains(&id) {
                 errors.push(refuse(label, &TWICE));
             } else if *c != v {
-                bail!("volume {id} is in both the configuration and the state file, with different specs");
+                bail!(
+                    "volume {id} is in both the configuration and the state file, with different specs"
+                );
             }
             continue;
         }
         // The volume with the local replicas it names, and their pools.
-        let local: HashSet<Uuid> =
-            v.replicas.iter().filter(|m| m.address.is_none()).filter_map(|m| Uuid::parse_str(&m.uuid).ok()).collect();
+        let local: HashSet<Uuid> = v
+            .replicas
+            .iter()
+            .filter(|m| m.address.is_none())
+            .filter_map(|m| Uuid::parse_str(&m.uuid).ok())
+            .collect();
         let replicas: Vec<_> = config
             .replicas
             .iter()
             .filter(|r| Uuid::parse_str(&r.uuid).is_ok_and(|u| local.contains(&u)))
             .cloned()
             .collect();
-        let pools = config.pools.iter().filter(|p| replicas.iter().any(|r| r.pool == p.name)).cloned().collect();
-        match (Config { pools, replicas, volumes: vec![v.clone()], ..Config::default() }).validate() {
+        let pools = config
+            .pools
+            .iter()
+            .filter(|p| replicas.iter().any(|r| r.pool == p.name))
+            .cloned()
+            .collect();
+        match (Config {
+            pools,
+            replicas,
+            volumes: vec![v.clone()],
+            ..Config::default()
+        })
+        .validate()
+        {
             Ok(()) => {
                 keys.volumes.insert(id);
                 config.volumes.push(v.clone());
@@ -513,10 +633,15 @@ pub fn merge(config: &mut Config, loaded: Loaded) -> Result<ApiKeys> {
     // entries one at a time and refuse those that break it.
     if config.validate().is_err() && original.validate().is_ok() {
         *config = original;
-        accepted.add_checked(config, &mut keys, &mut |label, e| errors.push(refuse(label, &format!("{e:#}"))));
+        accepted.add_checked(config, &mut keys, &mut |label, e| {
+            errors.push(refuse(label, &format!("{e:#}")))
+        });
     }
     let mut kept_aside = refused.kept_aside;
-    if let Some((path, bytes)) = source.as_ref().filter(|_| !errors.is_empty() && kept_aside.is_none()) {
+    if let Some((path, bytes)) = source
+        .as_ref()
+        .filter(|_| !errors.is_empty() && kept_aside.is_none())
+    {
         kept_aside =
             Some(set_aside(path, Some(bytes)).context(
                 "keeping a copy of the state file before the node may write one without its refused entries",
@@ -540,7 +665,12 @@ struct Accepted {
 impl Accepted {
     /// Adds the entries to `config` one at a time, validating the whole each time; those
     /// that break it are taken out of `keys` and passed to `refuse`.
-    fn add_checked(self, config: &mut Config, keys: &mut ApiKeys, refuse: &mut dyn FnMut(String, anyhow::Error)) {
+    fn add_checked(
+        self,
+        config: &mut Config,
+        keys: &mut ApiKeys,
+        refuse: &mut dyn FnMut(String, anyhow::Error),
+    ) {
         for (label, p) in self.pools {
             config.pools.push(p);
             if let Err(e) = config.validate() {
@@ -553,7 +683,11 @@ impl Accepted {
         for (label, r) in self.replicas {
             config.replicas.push(r);
             if let Err(e) = config.validate() {
-                if let Some(id) = config.replicas.pop().and_then(|r| Uuid::parse_str(&r.uuid).ok()) {
+                if let Some(id) = config
+                    .replicas
+                    .pop()
+                    .and_then(|r| Uuid::parse_str(&r.uuid).ok())
+                {
                     keys.replicas.remove(&id);
                 }
                 refuse(label, e);
@@ -562,7 +696,11 @@ impl Accepted {
         for (label, v) in self.volumes {
             config.volumes.push(v);
             if let Err(e) = config.validate() {
-                if let Some(id) = config.volumes.pop().and_then(|v| Uuid::parse_str(&v.uuid).ok()) {
+                if let Some(id) = config
+                    .volumes
+                    .pop()
+                    .and_then(|v| Uuid::parse_str(&v.uuid).ok())
+                {
                     keys.volumes.remove(&id);
                 }
                 refuse(label, e);
@@ -606,7 +744,12 @@ mod tests {
         let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().path())
-            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("node-state.yaml.bad-"))
+            .filter(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .starts_with("node-state.yaml.bad-")
+            })
             .collect();
         v.sort();
         v
@@ -630,7 +773,12 @@ mod tests {
         let loaded = f.load().unwrap();
         assert_eq!(loaded.state, state);
         assert_eq!(loaded.refused, Refused::default());
-        assert!(!dir.path().join("sub").join(format!(".{STATE_FILE}.tmp")).exists());
+        assert!(
+            !dir.path()
+                .join("sub")
+                .join(format!(".{STATE_FILE}.tmp"))
+                .exists()
+        );
     }
 
     #[test]
@@ -647,7 +795,8 @@ mod tests {
 
     #[test]
     fn merges_and_refuses_conflicts() {
-        let mut config = Config::parse("pools:\n  - name: p\n    disks: [\"file:/tmp/d0.img:1GiB\"]\n").unwrap();
+        let mut config =
+            Config::parse("pools:\n  - name: p\n    disks: [\"file:/tmp/d0.img:1GiB\"]\n").unwrap();
         let keys = merge(&mut config, Config::parse(STATE).unwrap().into()).unwrap();
         assert!(keys.pools.is_empty(), "identical pool counts as configured");
         assert_eq!(keys.replicas.len(), 1);
@@ -655,7 +804,9 @@ mod tests {
         assert_eq!(keys.refused, Refused::default());
         config.validate().unwrap();
 
-        let mut config = Config::parse("pools:\n  - name: p\n    disks: [\"file:/tmp/other.img:1GiB\"]\n").unwrap();
+        let mut config =
+            Config::parse("pools:\n  - name: p\n    disks: [\"file:/tmp/other.img:1GiB\"]\n")
+                .unwrap();
         let e = merge(&mut config, Config::parse(STATE).unwrap().into()).unwrap_err();
         assert!(e.to_string().contains("different specs"), "{e}");
     }
@@ -667,12 +818,18 @@ mod tests {
         std::fs::write(dir.path().join(STATE_FILE), &text).unwrap();
         let mut config = Config::default();
         let keys = load_merge(dir.path(), &mut config);
-        assert_eq!((keys.pools.len(), keys.replicas.len(), keys.volumes.len()), (1, 1, 1));
+        assert_eq!(
+            (keys.pools.len(), keys.replicas.len(), keys.volumes.len()),
+            (1, 1, 1)
+        );
         assert_eq!(keys.refused.errors.len(), 1, "{:?}", keys.refused);
         assert_eq!(keys.refused.errors[0].entry, "section \"listen\"");
         assert!(config.listen.is_empty());
         // The file stays, and a copy of it is kept.
-        assert_eq!(std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap(), text);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap(),
+            text
+        );
         let copies = kept(dir.path());
         assert_eq!(copies.len(), 1);
         assert_eq!(std::fs::read_to_string(&copies[0]).unwrap(), text);
@@ -696,30 +853,53 @@ mod tests {
             \x20 - uuid: 9b1c4f0e-2f4d-4d8a-8c3e-6a5b4c3d2e1f\n    replicas: [{uuid: 3f2a0d2e-6a8e-4c65-9d3b-0c2f6f7e5a11}]\n\
             \x20 - uuid: 11111111-2222-4333-8444-555555555555\n    replicas: [{uuid: 0d3c2b1a-5e4f-4a6b-9c8d-7e6f5a4b3c2d}]\n";
         std::fs::write(dir.path().join(STATE_FILE), text).unwrap();
-        let mut config = Config::parse("pools:\n  - name: c\n    disks: [\"file:/tmp/c0.img:1GiB\"]\n").unwrap();
+        let mut config =
+            Config::parse("pools:\n  - name: c\n    disks: [\"file:/tmp/c0.img:1GiB\"]\n").unwrap();
         let keys = load_merge(dir.path(), &mut config);
         config.validate().unwrap();
 
         let names: Vec<&str> = config.pools.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["c", "p", "r"]);
-        assert_eq!(keys.pools, HashSet::from(["p".to_string(), "r".to_string()]));
+        assert_eq!(
+            keys.pools,
+            HashSet::from(["p".to_string(), "r".to_string()])
+        );
         assert_eq!(keys.replicas.len(), 2, "{keys:?}");
-        assert!(config.replicas.iter().any(|r| r.pool == "r" && r.size == "1048576"), "a plain number is a size");
+        assert!(
+            config
+                .replicas
+                .iter()
+                .any(|r| r.pool == "r" && r.size == "1048576"),
+            "a plain number is a size"
+        );
         assert_eq!(keys.volumes, HashSet::from([Uuid::parse_str(V1).unwrap()]));
 
-        let errors: Vec<(String, String)> =
-            keys.refused.errors.iter().map(|e| (e.entry.clone(), e.reason.clone())).collect();
+        let errors: Vec<(String, String)> = keys
+            .refused
+            .errors
+            .iter()
+            .map(|e| (e.entry.clone(), e.reason.clone()))
+            .collect();
         let want = [
             ("pools[1] (name \"nodisks\")", "no disks"),
             ("pools[2] (name \"q\")", "colour"),
             ("pools[4] (name \"p\")", "given twice"),
-            ("replicas[1] (uuid \"0d3c2b1a-5e4f-4a6b-9c8d-7e6f5a4b3c2d\")", "\"nodisks\" is not configured"),
+            (
+                "replicas[1] (uuid \"0d3c2b1a-5e4f-4a6b-9c8d-7e6f5a4b3c2d\")",
+                "\"nodisks\" is not configured",
+            ),
             ("replicas[2] (uuid \"not-a-uuid\")", "not a UUID"),
-            ("volumes[1] (uuid \"11111111-2222-4333-8444-555555555555\")", "not a replica of this node"),
+            (
+                "volumes[1] (uuid \"11111111-2222-4333-8444-555555555555\")",
+                "not a replica of this node",
+            ),
         ];
         assert_eq!(errors.len(), want.len(), "{errors:#?}");
         for (entry, reason) in want {
-            assert!(errors.iter().any(|(e, r)| e == entry && r.contains(reason)), "{entry}: {reason} in {errors:#?}");
+            assert!(
+                errors.iter().any(|(e, r)| e == entry && r.contains(reason)),
+                "{entry}: {reason} in {errors:#?}"
+            );
         }
         for e in &keys.refused.errors {
             assert_eq!(e.file, dir.path().join(STATE_FILE));
@@ -728,8 +908,12 @@ mod tests {
         // A copy as it was; a second start finds the same copy rather than making another.
         let copy = keys.refused.kept_aside.clone().unwrap();
         assert_eq!(std::fs::read_to_string(&copy).unwrap(), text);
-        assert_eq!(std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap(), text);
-        let mut again = Config::parse("pools:\n  - name: c\n    disks: [\"file:/tmp/c0.img:1GiB\"]\n").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap(),
+            text
+        );
+        let mut again =
+            Config::parse("pools:\n  - name: c\n    disks: [\"file:/tmp/c0.img:1GiB\"]\n").unwrap();
         let keys2 = load_merge(dir.path(), &mut again);
         assert_eq!(keys2.refused, keys.refused);
         assert_eq!(kept(dir.path()), [copy]);
@@ -744,7 +928,10 @@ mod tests {
         let full_state = Config::parse(STATE).unwrap();
         StateFile::new(dir.path()).save(&full_state).unwrap();
         let full = std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
-        assert!(full.starts_with(HEADER) && full.ends_with(&format!("{TRAILER}\n")), "{full}");
+        assert!(
+            full.starts_with(HEADER) && full.ends_with(&format!("{TRAILER}\n")),
+            "{full}"
+        );
         let mut served = HashSet::new();
         for cut in 0..=full.len() {
             let dir = tempfile::tempdir().unwrap();
@@ -752,11 +939,32 @@ mod tests {
             std::fs::write(dir.path().join(STATE_FILE), text).unwrap();
             let mut config = Config::default();
             let keys = load_merge(dir.path(), &mut config);
-            config.validate().unwrap_or_else(|e| panic!("cut at {cut}: {e:#}\n{text}"));
-            assert!(config.pools.iter().all(|p| full_state.pools.contains(p)), "cut at {cut}: {config:?}");
-            assert!(config.replicas.iter().all(|r| full_state.replicas.contains(r)), "cut at {cut}: {config:?}");
-            assert!(config.volumes.iter().all(|v| full_state.volumes.contains(v)), "cut at {cut}: {config:?}");
-            served.insert((config.pools.len(), config.replicas.len(), config.volumes.len()));
+            config
+                .validate()
+                .unwrap_or_else(|e| panic!("cut at {cut}: {e:#}\n{text}"));
+            assert!(
+                config.pools.iter().all(|p| full_state.pools.contains(p)),
+                "cut at {cut}: {config:?}"
+            );
+            assert!(
+                config
+                    .replicas
+                    .iter()
+                    .all(|r| full_state.replicas.contains(r)),
+                "cut at {cut}: {config:?}"
+            );
+            assert!(
+                config
+                    .volumes
+                    .iter()
+                    .all(|v| full_state.volumes.contains(v)),
+                "cut at {cut}: {config:?}"
+            );
+            served.insert((
+                config.pools.len(),
+                config.replicas.len(),
+                config.volumes.len(),
+            ));
             if cut == full.len() || text.trim_end().ends_with(TRAILER) {
                 assert_eq!(keys.refused, Refused::default(), "cut at {cut}");
                 assert!(kept(dir.path()).is_empty());
@@ -765,13 +973,27 @@ mod tests {
             let errors = &keys.refused.errors;
             assert_eq!(errors.len(), 1, "cut at {cut}: {errors:?}");
             if cut > HEADER.len() + 1 {
-                assert_eq!(errors[0].entry, "the end of the file", "cut at {cut}: {errors:?}");
+                assert_eq!(
+                    errors[0].entry, "the end of the file",
+                    "cut at {cut}: {errors:?}"
+                );
                 assert!(errors[0].reason.contains("cut short"), "{errors:?}");
             }
-            let aside = keys.refused.kept_aside.clone().unwrap_or_else(|| panic!("cut at {cut}: nothing kept"));
-            assert_eq!(std::fs::read_to_string(&aside).unwrap(), text, "cut at {cut}");
+            let aside = keys
+                .refused
+                .kept_aside
+                .clone()
+                .unwrap_or_else(|| panic!("cut at {cut}: nothing kept"));
+            assert_eq!(
+                std::fs::read_to_string(&aside).unwrap(),
+                text,
+                "cut at {cut}"
+            );
         }
-        assert_eq!(served, HashSet::from([(0, 0, 0), (1, 0, 0), (1, 1, 0), (1, 1, 1)]));
+        assert_eq!(
+            served,
+            HashSet::from([(0, 0, 0), (1, 0, 0), (1, 1, 0), (1, 1, 1)])
+        );
 
         // Cut inside the volume: the pool and the replica are served, the volume refused.
         let dir = tempfile::tempdir().unwrap();
@@ -779,33 +1001,62 @@ mod tests {
         std::fs::write(dir.path().join(STATE_FILE), &full[..cut]).unwrap();
         let mut config = Config::default();
         let keys = load_merge(dir.path(), &mut config);
-        assert_eq!((keys.pools.len(), keys.replicas.len(), keys.volumes.len()), (1, 1, 0));
+        assert_eq!(
+            (keys.pools.len(), keys.replicas.len(), keys.volumes.len()),
+            (1, 1, 0)
+        );
         assert!(config.replicas.iter().any(|r| r.uuid == R1));
         // The volume was the first of its section: the cut is said to start at the section.
         let line = full[..full.find("volumes:").unwrap()].lines().count() + 1;
         assert_eq!(keys.refused.errors.len(), 1, "{:?}", keys.refused);
-        assert!(keys.refused.errors[0].reason.contains(&format!("line {line} ")), "{:?}", keys.refused.errors);
+        assert!(
+            keys.refused.errors[0]
+                .reason
+                .contains(&format!("line {line} ")),
+            "{:?}",
+            keys.refused.errors
+        );
 
         // A file of an earlier version (no first and last comments) cut between entries
         // cannot be told from a whole one; cut inside an entry, that entry is refused.
         let old = serde_saphyr::to_string(&full_state).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(STATE_FILE), &old[..old.find(V1).unwrap() + V1.len() + 1]).unwrap();
+        std::fs::write(
+            dir.path().join(STATE_FILE),
+            &old[..old.find(V1).unwrap() + V1.len() + 1],
+        )
+        .unwrap();
         let mut config = Config::default();
         let keys = load_merge(dir.path(), &mut config);
-        assert_eq!((keys.pools.len(), keys.replicas.len(), keys.volumes.len()), (1, 1, 0));
-        assert_eq!(keys.refused.errors[0].entry, format!("volumes[0] (uuid \"{V1}\")"));
-        assert!(keys.refused.errors[0].reason.contains("replicas"), "{:?}", keys.refused.errors[0]);
+        assert_eq!(
+            (keys.pools.len(), keys.replicas.len(), keys.volumes.len()),
+            (1, 1, 0)
+        );
+        assert_eq!(
+            keys.refused.errors[0].entry,
+            format!("volumes[0] (uuid \"{V1}\")")
+        );
+        assert!(
+            keys.refused.errors[0].reason.contains("replicas"),
+            "{:?}",
+            keys.refused.errors[0]
+        );
     }
 
     #[test]
     fn garbage_is_moved_aside() {
-        let garbage: [&[u8]; 4] =
-            [b"\x00\xff\xfe binary \x9c\x01", b"pools: [{name: p, disks: [\"x\"\n", b"just some text", b""];
+        let garbage: [&[u8]; 4] = [
+            b"\x00\xff\xfe binary \x9c\x01",
+            b"pools: [{name: p, disks: [\"x\"\n",
+            b"just some text",
+            b"",
+        ];
         for bytes in garbage {
             let dir = tempfile::tempdir().unwrap();
             std::fs::write(dir.path().join(STATE_FILE), bytes).unwrap();
-            let mut config = Config::parse("pools:\n  - name: c\n    disks: [\"file:/tmp/c0.img:1GiB\"]\n").unwrap();
+            let mut config =
+                Config::parse("pools:\n  - name: c\n    disks: [\"file:/tmp/c0.img:1GiB\"]\n")
+                    .unwrap();
             let keys = load_merge(dir.path(), &mut config);
             assert_eq!(config.pools.len(), 1, "the configuration is kept");
             assert!(keys.pools.is_empty() && keys.replicas.is_empty() && keys.volumes.is_empty());
@@ -816,7 +1067,9 @@ mod tests {
             let aside = keys.refused.kept_aside.clone().unwrap();
             assert_eq!(kept(dir.path()), std::slice::from_ref(&aside));
             assert_eq!(std::fs::read(&aside).unwrap(), bytes);
-            StateFile::new(dir.path()).save(&Config::parse(STATE).unwrap()).unwrap();
+            StateFile::new(dir.path())
+                .save(&Config::parse(STATE).unwrap())
+                .unwrap();
             assert_eq!(std::fs::read(&aside).unwrap(), bytes);
         }
     }

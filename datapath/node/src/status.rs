@@ -54,7 +54,12 @@ impl StatusSource for NodeStatus {
                 json!({ "nqn": s.nqn, "allowed_hosts": hosts, "controllers": s.controllers, "namespaces": namespaces })
             })
             .collect();
-        let listen: Vec<String> = self.target.listen_addrs().iter().map(|a| a.to_string()).collect();
+        let listen: Vec<String> = self
+            .target
+            .listen_addrs()
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
         json!({
             "version": env!("CARGO_PKG_VERSION"),
             "node": self.node,

@@ -53,13 +53,22 @@ impl Datapath {
                 panic!("the datapath exited ({exit}):\n{}", self.log());
             }
             if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
-                s.write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+                s.write_all(b"GET /v1/status HTTP/1.1\r\nHost: x\r\n\r\n")
+                    .await
+                    .unwrap();
                 let mut out = String::new();
                 s.read_to_string(&mut out).await.unwrap();
-                let body = out.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+                let body = out
+                    .split_once("\r\n\r\n")
+                    .map(|(_, b)| b)
+                    .unwrap_or_default();
                 return serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {out}"));
             }
-            assert!(Instant::now() < deadline, "no /v1/status on {addr}:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "no /v1/status on {addr}:\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -70,7 +79,10 @@ impl Datapath {
 
     /// SIGTERM, then wait for a clean exit; returns the output.
     fn stop(mut self) -> String {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
         assert!(status.success());
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -78,7 +90,10 @@ impl Datapath {
                 assert!(s.success(), "datapath exited with {s}:\n{}", self.log());
                 return self.log();
             }
-            assert!(Instant::now() < deadline, "datapath did not stop on SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "datapath did not stop on SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -105,7 +120,12 @@ fn config(dir: &Path) -> String {
 }
 
 fn names(status: &Value, section: &str, key: &str) -> Vec<String> {
-    status[section].as_array().unwrap().iter().map(|o| o[key].as_str().unwrap().to_string()).collect()
+    status[section]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o[key].as_str().unwrap().to_string())
+        .collect()
 }
 
 /// The `node-state.yaml.bad-*` files in `dir`.
@@ -113,7 +133,12 @@ fn kept(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("node-state.yaml.bad-"))
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("node-state.yaml.bad-")
+        })
         .collect()
 }
 
@@ -140,7 +165,13 @@ async fn a_bad_state_entry_is_refused_and_the_rest_served() {
     assert_eq!(errors.len(), 1, "{status}");
     assert_eq!(errors[0]["file"], file.display().to_string());
     assert_eq!(errors[0]["entry"], "pools[1] (name \"broken\")");
-    assert!(errors[0]["error"].as_str().unwrap().contains("missing field `disks`"), "{status}");
+    assert!(
+        errors[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("missing field `disks`"),
+        "{status}"
+    );
     // The file stays as it was, and a copy of it is kept for when the next write drops the
     // refused entry.
     let aside = PathBuf::from(status["state_file_kept_aside"].as_str().unwrap());
@@ -150,8 +181,16 @@ async fn a_bad_state_entry_is_refused_and_the_rest_served() {
 
     let log = a.stop();
     assert!(log.contains("ERROR"), "{log}");
-    let refused = log.lines().find(|l| l.contains("entry refused")).unwrap_or_else(|| panic!("{log}"));
-    for part in ["node-state.yaml", "pools[1]", "broken", "missing field `disks`"] {
+    let refused = log
+        .lines()
+        .find(|l| l.contains("entry refused"))
+        .unwrap_or_else(|| panic!("{log}"));
+    for part in [
+        "node-state.yaml",
+        "pools[1]",
+        "broken",
+        "missing field `disks`",
+    ] {
         assert!(refused.contains(part), "{part} not in {refused}");
     }
     assert!(log.contains(&aside.display().to_string()), "{log}");
@@ -174,22 +213,41 @@ async fn a_state_file_that_is_not_yaml_is_moved_aside() {
     let errors = status["state_errors"].as_array().unwrap();
     assert_eq!(errors.len(), 1, "{status}");
     assert_eq!(errors[0]["entry"], "the whole file");
-    assert!(errors[0]["error"].as_str().unwrap().contains("not UTF-8"), "{status}");
+    assert!(
+        errors[0]["error"].as_str().unwrap().contains("not UTF-8"),
+        "{status}"
+    );
     let aside = PathBuf::from(status["state_file_kept_aside"].as_str().unwrap());
-    assert!(!file.exists(), "the damaged file is renamed, not left to be overwritten");
+    assert!(
+        !file.exists(),
+        "the damaged file is renamed, not left to be overwritten"
+    );
     assert_eq!(std::fs::read(&aside).unwrap(), garbage);
 
     // The next state write starts a new file; the damaged one is still there.
     let mut c = NodeClient::connect("http://127.0.94.2:9500").await.unwrap();
-    let req =
-        pb::CreatePoolRequest { name: "np".into(), disks: vec![disk(dir, "n0.img")], stripe_size: 0, block_size: 0 };
+    let req = pb::CreatePoolRequest {
+        name: "np".into(),
+        disks: vec![disk(dir, "n0.img")],
+        stripe_size: 0,
+        block_size: 0,
+    };
     c.create_pool(req).await.unwrap();
     assert!(std::fs::read_to_string(&file).unwrap().contains("np"));
     assert_eq!(std::fs::read(&aside).unwrap(), garbage);
     drop(c);
 
     let log = a.stop();
-    let moved = log.lines().find(|l| l.contains("moved aside")).unwrap_or_else(|| panic!("{log}"));
-    assert!(moved.contains(&aside.display().to_string()) && moved.contains("node-state.yaml"), "{moved}");
-    assert!(log.contains("the whole file") && log.contains("not UTF-8"), "{log}");
+    let moved = log
+        .lines()
+        .find(|l| l.contains("moved aside"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        moved.contains(&aside.display().to_string()) && moved.contains("node-state.yaml"),
+        "{moved}"
+    );
+    assert!(
+        log.contains("the whole file") && log.contains("not UTF-8"),
+        "{log}"
+    );
 }

@@ -10,8 +10,8 @@ use ferrite_protocol::command::{
     FeaturesCommand, GetLogPageCommand, IdentifyCommand, Sqe, admin_opcode, fctype, feature,
 };
 use ferrite_protocol::identify::{
-    ControllerType, IDENTIFY_LEN, IdentifyController, IdentifyNamespace, cns, encode_active_ns_list,
-    encode_cs_independent_namespace, encode_ns_descriptors, oncs,
+    ControllerType, IDENTIFY_LEN, IdentifyController, IdentifyNamespace, cns,
+    encode_active_ns_list, encode_cs_independent_namespace, encode_ns_descriptors, oncs,
 };
 use ferrite_protocol::log_page::{self, ERROR_ENTRY_LEN, SmartLog, lid};
 use ferrite_protocol::status::Status;
@@ -70,14 +70,22 @@ fn identify_controller(ctx: &QueueCtx) -> IdentifyController {
     IdentifyController {
         vid: 0,
         ssvid: 0,
-        serial: c.subsystem.as_ref().map(|s| s.serial.clone()).unwrap_or_else(|| "ferrite-discovery".into()),
+        serial: c
+            .subsystem
+            .as_ref()
+            .map(|s| s.serial.clone())
+            .unwrap_or_else(|| "ferrite-discovery".into()),
         model: MODEL.into(),
         firmware: FIRMWARE.into(),
         mdts: o.mdts(),
         cntlid: c.cntlid,
         version: fabrics::NVME_VERSION,
         oaes: if io { AEC_NS_ATTR } else { 0 },
-        cntrltype: if io { ControllerType::Io } else { ControllerType::Discovery },
+        cntrltype: if io {
+            ControllerType::Io
+        } else {
+            ControllerType::Discovery
+        },
         acl: 3,
         aerl: (AER_LIMIT - 1) as u8,
         // Extended data for Get Log Page (offsets).
@@ -86,7 +94,11 @@ fn identify_controller(ctx: &QueueCtx) -> IdentifyController {
         kas: 1,
         maxcmd: o.max_queue_entries,
         nn: if io { MAX_NSID } else { 0 },
-        oncs: if io { oncs::COMPARE | oncs::DSM | oncs::WRITE_ZEROES } else { 0 },
+        oncs: if io {
+            oncs::COMPARE | oncs::DSM | oncs::WRITE_ZEROES
+        } else {
+            0
+        },
         vwc: io,
         // SGLs supported; SGL offsets (in-capsule data) supported.
         sgls: 1 | (1 << 20),
@@ -146,7 +158,9 @@ fn identify(ctx: &QueueCtx, sqe: &Sqe) -> Reply {
             };
             match cmd.cns {
                 cns::NS_DESCRIPTORS => Reply::bytes(&encode_ns_descriptors(&ns.nguid, &ns.uuid)),
-                cns::CS_INDEPENDENT_NAMESPACE => Reply::bytes(&encode_cs_independent_namespace(NMIC_SHARED)),
+                cns::CS_INDEPENDENT_NAMESPACE => {
+                    Reply::bytes(&encode_cs_independent_namespace(NMIC_SHARED))
+                }
                 // NVM command set specific namespace data: nothing beyond the defaults.
                 _ if cmd.csi == 0 => Reply::data(IoBuf::zeroed(IDENTIFY_LEN)),
                 _ => Reply::status(Status::INVALID_FIELD),
@@ -183,7 +197,9 @@ fn get_log_page(ctx: &QueueCtx, sqe: &Sqe) -> Reply {
             smart_log(c)
         }
         (ControllerKind::Io, lid::FIRMWARE_SLOT) => log_page::encode_firmware_slot(FIRMWARE),
-        (ControllerKind::Io, lid::CHANGED_NS_LIST) => log_page::encode_changed_ns_list(&c.take_changed_namespaces(cmd.rae)),
+        (ControllerKind::Io, lid::CHANGED_NS_LIST) => {
+            log_page::encode_changed_ns_list(&c.take_changed_namespaces(cmd.rae))
+        }
         _ => return Reply::status(Status::INVALID_LOG_PAGE),
     };
     match log_page::window(&page, cmd.offset, len) {
@@ -216,7 +232,9 @@ fn set_features(ctx: &QueueCtx, sqe: &Sqe) -> Reply {
     let mut st = c.state();
     match f.fid {
         feature::KEEP_ALIVE_TIMER => st.kato_ms = f.value,
-        feature::ASYNC_EVENT_CONFIG => st.features.async_event_config = f.value & if io { AEC_NS_ATTR } else { 0 },
+        feature::ASYNC_EVENT_CONFIG => {
+            st.features.async_event_config = f.value & if io { AEC_NS_ATTR } else { 0 }
+        }
         feature::ARBITRATION if io => st.features.arbitration = f.value,
         feature::POWER_MANAGEMENT if io => {
             if f.value & 0x1f != 0 {
@@ -262,19 +280,21 @@ fn get_features(ctx: &QueueCtx, sqe: &Sqe) -> Reply {
     let c = &ctx.controller;
     let io = c.kind == ControllerKind::Io;
     let max_q = u32::from(ctx.shared.options.max_io_queues);
-    let supported = matches!(f.fid, feature::KEEP_ALIVE_TIMER | feature::ASYNC_EVENT_CONFIG)
-        || (io
-            && matches!(
-                f.fid,
-                feature::ARBITRATION
-                    | feature::POWER_MANAGEMENT
-                    | feature::TEMPERATURE_THRESHOLD
-                    | feature::ERROR_RECOVERY
-                    | feature::VOLATILE_WRITE_CACHE
-                    | feature::NUMBER_OF_QUEUES
-                    | feature::INTERRUPT_COALESCING
-                    | feature::WRITE_ATOMICITY
-            ));
+    let supported = matches!(
+        f.fid,
+        feature::KEEP_ALIVE_TIMER | feature::ASYNC_EVENT_CONFIG
+    ) || (io
+        && matches!(
+            f.fid,
+            feature::ARBITRATION
+                | feature::POWER_MANAGEMENT
+                | feature::TEMPERATURE_THRESHOLD
+                | feature::ERROR_RECOVERY
+                | feature::VOLATILE_WRITE_CACHE
+                | feature::NUMBER_OF_QUEUES
+                | feature::INTERRUPT_COALESCING
+                | feature::WRITE_ATOMICITY
+        ));
     if !supported {
         return Reply::status(Status::INVALID_FIELD);
     }
@@ -303,7 +323,11 @@ fn get_features(ctx: &QueueCtx, sqe: &Sqe) -> Reply {
         feature::ERROR_RECOVERY => feats.error_recovery,
         feature::VOLATILE_WRITE_CACHE => u32::from(feats.volatile_write_cache),
         feature::NUMBER_OF_QUEUES => {
-            let g = if current { st.granted_io_queues.map(u32::from).unwrap_or(max_q) } else { max_q };
+            let g = if current {
+                st.granted_io_queues.map(u32::from).unwrap_or(max_q)
+            } else {
+                max_q
+            };
             (g - 1) | ((g - 1) << 16)
         }
         feature::INTERRUPT_COALESCING => feats.interrupt_coalescing,

@@ -21,12 +21,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use ferrite_block::IoBuf;
 use ferrite_protocol::auth::{
-    AUTHID_DHCHAP, AuthCommand, AuthMessage, Challenge, Failure, MAX_SEND_LEN, Success1, failure, msg,
+    AUTHID_DHCHAP, AuthCommand, AuthMessage, Challenge, Failure, MAX_SEND_LEN, Success1, failure,
+    msg,
 };
 use ferrite_protocol::command::{Sqe, fctype};
 use ferrite_protocol::dhchap::{
-    DH_PRIVATE_LEN, DhGroup, HashId, ResponseInput, Secret, controller_response, dh_public, dh_shared_secret,
-    host_response, responses_match,
+    DH_PRIVATE_LEN, DhGroup, HashId, ResponseInput, Secret, controller_response, dh_public,
+    dh_shared_secret, host_response, responses_match,
 };
 use ferrite_protocol::status::Status;
 use rand::RngCore;
@@ -81,11 +82,26 @@ enum Step {
     /// AUTH_Negotiate (Send).
     Negotiate,
     /// Authentication Receive for the Challenge.
-    Challenge { t_id: u16, hash: HashId, group: DhGroup },
+    Challenge {
+        t_id: u16,
+        hash: HashId,
+        group: DhGroup,
+    },
     /// DH-HMAC-CHAP_Reply (Send).
-    Reply { t_id: u16, hash: HashId, group: DhGroup, c1: Vec<u8>, s1: u32, private: Vec<u8> },
+    Reply {
+        t_id: u16,
+        hash: HashId,
+        group: DhGroup,
+        c1: Vec<u8>,
+        s1: u32,
+        private: Vec<u8>,
+    },
     /// Authentication Receive for Success1.
-    Success1 { t_id: u16, hash: HashId, r2: Option<Vec<u8>> },
+    Success1 {
+        t_id: u16,
+        hash: HashId,
+        r2: Option<Vec<u8>>,
+    },
     /// DH-HMAC-CHAP_Success2 (Send), bidirectional only.
     Success2 { t_id: u16 },
     /// Authentication Receive for Failure1; the connection ends after it.
@@ -145,7 +161,10 @@ pub(crate) struct AuthOutcome {
 /// Executes an Authentication Send or Receive on a queue that must authenticate.
 pub(crate) async fn execute(gate: &AuthGate, sqe: &Sqe, data: Option<IoBuf>) -> AuthOutcome {
     let cmd = AuthCommand::from_sqe(sqe);
-    let refuse = |status| AuthOutcome { reply: Reply::status(status), close: false };
+    let refuse = |status| AuthOutcome {
+        reply: Reply::status(status),
+        close: false,
+    };
     if !cmd.is_dhchap() {
         return refuse(Status::INVALID_FIELD);
     }
@@ -179,7 +198,10 @@ pub(crate) async fn execute(gate: &AuthGate, sqe: &Sqe, data: Option<IoBuf>) -> 
     .await;
     let Ok((t, out)) = result else {
         warn!("authentication task failed");
-        return AuthOutcome { reply: Reply::status(Status::INTERNAL_ERROR), close: true };
+        return AuthOutcome {
+            reply: Reply::status(Status::INTERNAL_ERROR),
+            close: true,
+        };
     };
     let done = matches!(t.step, Step::Done);
     let failed = matches!(t.step, Step::Failed);
@@ -194,7 +216,10 @@ pub(crate) async fn execute(gate: &AuthGate, sqe: &Sqe, data: Option<IoBuf>) -> 
         warn!(hostnqn = %t.hostnqn, subnqn = %t.subnqn, qid = t.qid, "DH-HMAC-CHAP authentication failed; closing the queue");
     }
     *lock(gate) = Some(t);
-    AuthOutcome { reply: out, close: failed }
+    AuthOutcome {
+        reply: out,
+        close: failed,
+    }
 }
 
 fn lock(gate: &AuthGate) -> std::sync::MutexGuard<'_, Option<Transaction>> {
@@ -232,7 +257,9 @@ impl Transaction {
         let m = match AuthMessage::decode(data) {
             Ok(m) => m,
             Err(e) => {
-                let t_id = data.get(4..6).map_or(0, |b| u16::from_le_bytes([b[0], b[1]]));
+                let t_id = data
+                    .get(4..6)
+                    .map_or(0, |b| u16::from_le_bytes([b[0], b[1]]));
                 self.fail(t_id, e.reason(), "malformed message");
                 return Reply::ok();
             }
@@ -241,7 +268,17 @@ impl Transaction {
         let step = std::mem::replace(&mut self.step, Step::Failed);
         match (step, m) {
             (_, AuthMessage::Negotiate(n)) => self.negotiate(&n),
-            (Step::Reply { t_id, hash, group, c1, s1, private }, AuthMessage::Reply(r)) => {
+            (
+                Step::Reply {
+                    t_id,
+                    hash,
+                    group,
+                    c1,
+                    s1,
+                    private,
+                },
+                AuthMessage::Reply(r),
+            ) => {
                 if r.t_id != t_id {
                     self.fail(t_id, failure::INCORRECT_PAYLOAD, "transaction ID");
                 } else {
@@ -272,18 +309,42 @@ impl Transaction {
         let t_id = n.t_id;
         self.started = self.started.saturating_add(1);
         if self.started > MAX_TRANSACTIONS {
-            return self.fail(t_id, failure::FAILED, "too many authentication transactions on this queue");
+            return self.fail(
+                t_id,
+                failure::FAILED,
+                "too many authentication transactions on this queue",
+            );
         }
         if n.sc_c != 0 {
-            return self.fail(t_id, failure::CONCAT_MISMATCH, "secure channel concatenation is not supported");
+            return self.fail(
+                t_id,
+                failure::CONCAT_MISMATCH,
+                "secure channel concatenation is not supported",
+            );
         }
         if n.napd != 1 || n.authid != AUTHID_DHCHAP {
-            return self.fail(t_id, failure::INCORRECT_PAYLOAD, "not one DH-HMAC-CHAP descriptor");
+            return self.fail(
+                t_id,
+                failure::INCORRECT_PAYLOAD,
+                "not one DH-HMAC-CHAP descriptor",
+            );
         }
-        let Some(hash) = self.keys.hashes.iter().copied().find(|h| n.hashes.contains(&h.id())) else {
+        let Some(hash) = self
+            .keys
+            .hashes
+            .iter()
+            .copied()
+            .find(|h| n.hashes.contains(&h.id()))
+        else {
             return self.fail(t_id, failure::HASH_UNUSABLE, "no common hash function");
         };
-        let Some(group) = self.keys.dh_groups.iter().copied().find(|g| n.dh_groups.contains(&g.id())) else {
+        let Some(group) = self
+            .keys
+            .dh_groups
+            .iter()
+            .copied()
+            .find(|g| n.dh_groups.contains(&g.id()))
+        else {
             return self.fail(t_id, failure::DHGROUP_UNUSABLE, "no common DH group");
         };
         self.step = Step::Challenge { t_id, hash, group };
@@ -305,7 +366,11 @@ impl Transaction {
         }
         let session_key = if group == DhGroup::Null {
             if !r.dh_value.is_empty() {
-                return self.fail(t_id, failure::INCORRECT_PAYLOAD, "DH value with the null group");
+                return self.fail(
+                    t_id,
+                    failure::INCORRECT_PAYLOAD,
+                    "DH value with the null group",
+                );
             }
             None
         } else {
@@ -335,9 +400,20 @@ impl Transaction {
         let r2 = match (&r.challenge, r.seqnum) {
             (Some(c2), s2) if s2 != 0 => {
                 let Some(ctrl) = &self.keys.ctrl else {
-                    return self.fail(t_id, failure::FAILED, "bidirectional without a controller secret");
+                    return self.fail(
+                        t_id,
+                        failure::FAILED,
+                        "bidirectional without a controller secret",
+                    );
                 };
-                Some(controller_response(ctrl, &ResponseInput { challenge: c2, seqnum: s2, ..input }))
+                Some(controller_response(
+                    ctrl,
+                    &ResponseInput {
+                        challenge: c2,
+                        seqnum: s2,
+                        ..input
+                    },
+                ))
             }
             _ => None,
         };
@@ -371,12 +447,27 @@ impl Transaction {
                     challenge: c1.clone(),
                     dh_value,
                 });
-                self.step = Step::Reply { t_id, hash, group, c1, s1, private };
+                self.step = Step::Reply {
+                    t_id,
+                    hash,
+                    group,
+                    c1,
+                    s1,
+                    private,
+                };
                 m
             }
             Step::Success1 { t_id, hash, r2 } => {
-                self.step = if r2.is_some() { Step::Success2 { t_id } } else { Step::Done };
-                AuthMessage::Success1(Success1 { t_id, hl: hash.len() as u8, response: r2 })
+                self.step = if r2.is_some() {
+                    Step::Success2 { t_id }
+                } else {
+                    Step::Done
+                };
+                AuthMessage::Success1(Success1 {
+                    t_id,
+                    hl: hash.len() as u8,
+                    response: r2,
+                })
             }
             Step::Failure1 { t_id, reason } => {
                 self.step = Step::Failed;
@@ -406,7 +497,12 @@ impl Transaction {
 }
 
 fn failure1(t_id: u16, reason: u8) -> AuthMessage {
-    AuthMessage::Failure(Failure { auth_id: msg::FAILURE1, t_id, rescode: failure::REASON_FAILED, rescode_exp: reason })
+    AuthMessage::Failure(Failure {
+        auth_id: msg::FAILURE1,
+        t_id,
+        rescode: failure::REASON_FAILED,
+        rescode_exp: reason,
+    })
 }
 
 #[cfg(test)]
@@ -424,7 +520,14 @@ mod tests {
     }
 
     fn transaction(k: DhchapKeys) -> Transaction {
-        Transaction { keys: k, hostnqn: HOST.into(), subnqn: SUB.into(), qid: 0, step: Step::Negotiate, started: 0 }
+        Transaction {
+            keys: k,
+            hostnqn: HOST.into(),
+            subnqn: SUB.into(),
+            qid: 0,
+            step: Step::Negotiate,
+            started: 0,
+        }
     }
 
     fn negotiate(t_id: u16, groups: Vec<u8>) -> Vec<u8> {
@@ -448,14 +551,19 @@ mod tests {
     /// Runs the host side by hand; returns the final Receive's message.
     fn run(t: &mut Transaction, secret: &Secret, ctrl: Option<&Secret>, group: u8) -> AuthMessage {
         assert!(t.on_send(&negotiate(5, vec![group])).status.is_success());
-        let AuthMessage::Challenge(c) = received(t.on_receive(4096)) else { panic!("challenge") };
+        let AuthMessage::Challenge(c) = received(t.on_receive(4096)) else {
+            panic!("challenge")
+        };
         assert_eq!((c.t_id, c.hash, c.dh_group), (5, 1, group));
         let g = DhGroup::from_id(group).unwrap();
         let (dh_value, skey) = if g == DhGroup::Null {
             (Vec::new(), None)
         } else {
             let x = [7u8; DH_PRIVATE_LEN];
-            (dh_public(g, &x).unwrap(), Some(dh_shared_secret(g, &x, &c.dh_value).unwrap()))
+            (
+                dh_public(g, &x).unwrap(),
+                Some(dh_shared_secret(g, &x, &c.dh_value).unwrap()),
+            )
         };
         let input = ResponseInput {
             hash: HashId::Sha256,
@@ -474,10 +582,21 @@ mod tests {
             seqnum: if ctrl.is_some() { 99 } else { 0 },
             dh_value,
         };
-        assert!(t.on_send(&AuthMessage::Reply(reply).encode().unwrap()).status.is_success());
+        assert!(
+            t.on_send(&AuthMessage::Reply(reply).encode().unwrap())
+                .status
+                .is_success()
+        );
         let m = received(t.on_receive(4096));
         if let (AuthMessage::Success1(s), Some(cs)) = (&m, ctrl) {
-            let want = controller_response(cs, &ResponseInput { challenge: &c2, seqnum: 99, ..input });
+            let want = controller_response(
+                cs,
+                &ResponseInput {
+                    challenge: &c2,
+                    seqnum: 99,
+                    ..input
+                },
+            );
             assert_eq!(s.response.as_deref(), Some(&want[..]));
         }
         m
@@ -490,7 +609,17 @@ mod tests {
             let secret = k.host.clone();
             let mut t = transaction(k);
             let m = run(&mut t, &secret, None, group);
-            assert!(matches!(m, AuthMessage::Success1(Success1 { t_id: 5, hl: 32, response: None })), "{m:?}");
+            assert!(
+                matches!(
+                    m,
+                    AuthMessage::Success1(Success1 {
+                        t_id: 5,
+                        hl: 32,
+                        response: None
+                    })
+                ),
+                "{m:?}"
+            );
             assert!(matches!(t.step, Step::Done));
         }
     }
@@ -501,9 +630,19 @@ mod tests {
         let (secret, ctrl) = (k.host.clone(), k.ctrl.clone().unwrap());
         let mut t = transaction(k);
         let m = run(&mut t, &secret, Some(&ctrl), 1);
-        assert!(matches!(m, AuthMessage::Success1(Success1 { response: Some(_), .. })));
+        assert!(matches!(
+            m,
+            AuthMessage::Success1(Success1 {
+                response: Some(_),
+                ..
+            })
+        ));
         assert!(matches!(t.step, Step::Success2 { t_id: 5 }));
-        assert!(t.on_send(&AuthMessage::Success2 { t_id: 5 }.encode().unwrap()).status.is_success());
+        assert!(
+            t.on_send(&AuthMessage::Success2 { t_id: 5 }.encode().unwrap())
+                .status
+                .is_success()
+        );
         assert!(matches!(t.step, Step::Done));
     }
 
@@ -513,11 +652,21 @@ mod tests {
         let wrong = Secret::new(1, &[9u8; 32]).unwrap();
         let m = run(&mut t, &wrong, None, 0);
         assert!(
-            matches!(m, AuthMessage::Failure(Failure { auth_id: msg::FAILURE1, rescode_exp: failure::FAILED, .. })),
+            matches!(
+                m,
+                AuthMessage::Failure(Failure {
+                    auth_id: msg::FAILURE1,
+                    rescode_exp: failure::FAILED,
+                    ..
+                })
+            ),
             "{m:?}"
         );
         assert!(matches!(t.step, Step::Failed));
-        assert_eq!(t.on_send(&negotiate(1, vec![0])).status, Status::COMMAND_SEQUENCE_ERROR);
+        assert_eq!(
+            t.on_send(&negotiate(1, vec![0])).status,
+            Status::COMMAND_SEQUENCE_ERROR
+        );
     }
 
     #[test]
@@ -525,7 +674,12 @@ mod tests {
         let k = keys(false);
         let secret = k.host.clone();
         let mut t = transaction(k);
-        let m = run(&mut t, &secret, Some(&Secret::new(0, &[2u8; 32]).unwrap()), 0);
+        let m = run(
+            &mut t,
+            &secret,
+            Some(&Secret::new(0, &[2u8; 32]).unwrap()),
+            0,
+        );
         assert!(matches!(m, AuthMessage::Failure(_)), "{m:?}");
     }
 
@@ -535,24 +689,48 @@ mod tests {
         let mut t = transaction(keys(false));
         assert!(t.on_send(&[1, 2, 3]).status.is_success());
         let m = received(t.on_receive(4096));
-        assert!(matches!(m, AuthMessage::Failure(Failure { rescode_exp: failure::INCORRECT_PAYLOAD, .. })));
+        assert!(matches!(
+            m,
+            AuthMessage::Failure(Failure {
+                rescode_exp: failure::INCORRECT_PAYLOAD,
+                ..
+            })
+        ));
         // A Reply before any challenge.
         let mut t = transaction(keys(false));
-        let r = AuthReply { t_id: 1, response: vec![0; 32], challenge: None, seqnum: 0, dh_value: vec![] };
+        let r = AuthReply {
+            t_id: 1,
+            response: vec![0; 32],
+            challenge: None,
+            seqnum: 0,
+            dh_value: vec![],
+        };
         t.on_send(&AuthMessage::Reply(r).encode().unwrap());
         assert!(matches!(
             received(t.on_receive(4096)),
-            AuthMessage::Failure(Failure { rescode_exp: failure::INCORRECT_MESSAGE, .. })
+            AuthMessage::Failure(Failure {
+                rescode_exp: failure::INCORRECT_MESSAGE,
+                ..
+            })
         ));
         // A Receive before Negotiate.
         let mut t = transaction(keys(false));
-        assert!(matches!(received(t.on_receive(4096)), AuthMessage::Failure(_)));
+        assert!(matches!(
+            received(t.on_receive(4096)),
+            AuthMessage::Failure(_)
+        ));
         // No common group.
-        let mut t = transaction(DhchapKeys { dh_groups: vec![DhGroup::Ffdhe3072], ..keys(false) });
+        let mut t = transaction(DhchapKeys {
+            dh_groups: vec![DhGroup::Ffdhe3072],
+            ..keys(false)
+        });
         t.on_send(&negotiate(2, vec![0, 1]));
         assert!(matches!(
             received(t.on_receive(4096)),
-            AuthMessage::Failure(Failure { rescode_exp: failure::DHGROUP_UNUSABLE, .. })
+            AuthMessage::Failure(Failure {
+                rescode_exp: failure::DHGROUP_UNUSABLE,
+                ..
+            })
         ));
         // Restarting the transaction without end.
         let mut t = transaction(keys(false));
@@ -563,7 +741,10 @@ mod tests {
         t.on_send(&negotiate(9, vec![0]));
         assert!(matches!(
             received(t.on_receive(4096)),
-            AuthMessage::Failure(Failure { rescode_exp: failure::FAILED, .. })
+            AuthMessage::Failure(Failure {
+                rescode_exp: failure::FAILED,
+                ..
+            })
         ));
         // A challenge that does not fit the host's buffer.
         let mut t = transaction(keys(false));

@@ -32,8 +32,8 @@ use ferrite_protocol::auth::{CONNECT_AUTHREQ_ATR, is_auth_command};
 use ferrite_protocol::command::{Sqe, admin_opcode, fctype, sgl_type};
 use ferrite_protocol::completion::Cqe;
 use ferrite_protocol::pdu::{
-    self, COMMON_HEADER_LEN, CommonHeader, DIGEST_LEN, DataHeader, Digests, ICResp, PduError, PduHeader, PduLayout,
-    R2T, TermReq,
+    self, COMMON_HEADER_LEN, CommonHeader, DIGEST_LEN, DataHeader, Digests, ICResp, PduError,
+    PduHeader, PduLayout, R2T, TermReq,
 };
 use ferrite_protocol::status::Status;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -83,9 +83,15 @@ impl Budget {
             if n >= limit {
                 return None;
             }
-            match self.inflight.compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Acquire) {
+            match self
+                .inflight
+                .compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) => {
-                    return Some(Slot { budget: self.clone(), bytes: 0 });
+                    return Some(Slot {
+                        budget: self.clone(),
+                        bytes: 0,
+                    });
                 }
                 Err(now) => n = now,
             }
@@ -126,7 +132,12 @@ pub(crate) enum Outgoing {
     Completion(Cqe, Slot),
     /// Data for a controller-to-host command, then its response (none when SQ flow control
     /// is disabled and the command succeeded: the last C2HData carries SUCCESS).
-    Data { cid: u16, data: IoBuf, response: Option<Cqe>, slot: Slot },
+    Data {
+        cid: u16,
+        data: IoBuf,
+        response: Option<Cqe>,
+        slot: Slot,
+    },
     /// A request for write data.
     R2T(R2T),
     /// A fatal error: send C2HTermReq and close.
@@ -144,16 +155,32 @@ pub(crate) struct Reply {
 
 impl Reply {
     pub fn ok() -> Reply {
-        Reply { status: Status::SUCCESS, result: 0, data: None }
+        Reply {
+            status: Status::SUCCESS,
+            result: 0,
+            data: None,
+        }
     }
     pub fn status(status: Status) -> Reply {
-        Reply { status, result: 0, data: None }
+        Reply {
+            status,
+            result: 0,
+            data: None,
+        }
     }
     pub fn result(result: u64) -> Reply {
-        Reply { status: Status::SUCCESS, result, data: None }
+        Reply {
+            status: Status::SUCCESS,
+            result,
+            data: None,
+        }
     }
     pub fn data(data: IoBuf) -> Reply {
-        Reply { status: Status::SUCCESS, result: 0, data: Some(data) }
+        Reply {
+            status: Status::SUCCESS,
+            result: 0,
+            data: Some(data),
+        }
     }
     pub fn bytes(data: &[u8]) -> Reply {
         Reply::data(IoBuf::from_slice(data))
@@ -235,7 +262,11 @@ enum Stop {
 
 impl From<std::io::Error> for Stop {
     fn from(e: std::io::Error) -> Self {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof { Stop::Closed } else { Stop::Io(e) }
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            Stop::Closed
+        } else {
+            Stop::Io(e)
+        }
     }
 }
 
@@ -278,28 +309,32 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
 
     let o = &shared.options;
     let (ic_timeout, drain_timeout) = (o.ic_timeout, o.drain_timeout);
-    let digests = match tokio::time::timeout(ic_timeout, initialize(&mut rd, &mut wr, &shared)).await {
-        Ok(Ok(d)) => d,
-        Ok(Err(Stop::Fatal(e, header))) => {
-            warn!(%peer, error = %e, "rejecting connection: bad ICReq");
-            TargetStats::bump(&shared.stats.protocol_errors);
-            let mut out = Vec::new();
-            pdu::encode_pdu(
-                &PduHeader::C2HTermReq(TermReq { fes: e.fes(), fei: e.fei() }),
-                &header,
-                Digests::NONE,
-                &mut out,
-            );
-            let _ = tokio::time::timeout(drain_timeout, wr.write_all(&out)).await;
-            return;
-        }
-        Ok(Err(_)) => return,
-        Err(_) => {
-            warn!(%peer, timeout = ?ic_timeout, "no ICReq in time; closing the connection");
-            TargetStats::bump(&shared.stats.ic_timeouts);
-            return;
-        }
-    };
+    let digests =
+        match tokio::time::timeout(ic_timeout, initialize(&mut rd, &mut wr, &shared)).await {
+            Ok(Ok(d)) => d,
+            Ok(Err(Stop::Fatal(e, header))) => {
+                warn!(%peer, error = %e, "rejecting connection: bad ICReq");
+                TargetStats::bump(&shared.stats.protocol_errors);
+                let mut out = Vec::new();
+                pdu::encode_pdu(
+                    &PduHeader::C2HTermReq(TermReq {
+                        fes: e.fes(),
+                        fei: e.fei(),
+                    }),
+                    &header,
+                    Digests::NONE,
+                    &mut out,
+                );
+                let _ = tokio::time::timeout(drain_timeout, wr.write_all(&out)).await;
+                return;
+            }
+            Ok(Err(_)) => return,
+            Err(_) => {
+                warn!(%peer, timeout = ?ic_timeout, "no ICReq in time; closing the connection");
+                TargetStats::bump(&shared.stats.ic_timeouts);
+                return;
+            }
+        };
 
     let (tx, rx) = mpsc::channel(WRITER_QUEUE);
     let sqhd = Arc::new(AtomicU16::new(0));
@@ -317,7 +352,12 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
             max_c2h: (shared.options.max_c2h_data as usize).max(4096),
             drain_timeout,
         },
-        WriterCtx { budget: budget.clone(), shared: shared.clone(), peer, closer: closer.clone() },
+        WriterCtx {
+            budget: budget.clone(),
+            shared: shared.clone(),
+            peer,
+            closer: closer.clone(),
+        },
     ));
     let mut target_stop = shared.shutdown_signal();
     let connect_deadline = Instant::now() + shared.options.connect_timeout;
@@ -355,13 +395,21 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
             warn!(peer = %q.peer, error = %e, fes = e.fes(), "terminating connection on a protocol error");
             TargetStats::bump(&q.shared.stats.protocol_errors);
             // The writer may be stuck on a host that does not read: do not wait on it.
-            let _ = q.tx.try_send(Outgoing::Term { fes: e.fes(), fei: e.fei(), header });
+            let _ = q.tx.try_send(Outgoing::Term {
+                fes: e.fes(),
+                fei: e.fei(),
+                header,
+            });
             drain_writer = true;
         }
         Stop::Overflow(e) => {
             warn!(peer = %q.peer, queue_entries = q.sqsize, "terminating connection: the host exceeded its queue size");
             TargetStats::bump(&q.shared.stats.queue_overflows);
-            let _ = q.tx.try_send(Outgoing::Term { fes: e.fes(), fei: e.fei(), header: Vec::new() });
+            let _ = q.tx.try_send(Outgoing::Term {
+                fes: e.fes(),
+                fei: e.fei(),
+                header: Vec::new(),
+            });
             drain_writer = true;
         }
         Stop::Timeout(Timeout::Connect) => {
@@ -412,7 +460,12 @@ async fn initialize(
         PduHeader::ICReq(r) => r,
         _ => return Err(Stop::Fatal(PduError::Sequence("expected ICReq"), header)),
     };
-    let resp = ICResp { pfv: 0, cpda: 0, digests: req.digests, maxh2cdata: shared.options.max_h2c_data };
+    let resp = ICResp {
+        pfv: 0,
+        cpda: 0,
+        digests: req.digests,
+        maxh2cdata: shared.options.max_h2c_data,
+    };
     let mut out = Vec::with_capacity(128);
     pdu::encode_pdu(&PduHeader::ICResp(resp), &[], Digests::NONE, &mut out);
     wr.write_all(&out).await?;
@@ -471,16 +524,28 @@ impl Queue {
     /// The deadline for authentication, while the queue must still authenticate.
     fn pending_auth_deadline(&self) -> Option<Instant> {
         let gate = self.ctx.as_ref()?.auth.as_ref()?;
-        if gate.is_authenticated() { None } else { self.auth_deadline }
+        if gate.is_authenticated() {
+            None
+        } else {
+            self.auth_deadline
+        }
     }
 
     /// The earliest time by which the host must have sent something, and what for.
     fn deadline(&self) -> Option<(Instant, Timeout)> {
         let connect = match self.pending_auth_deadline() {
             Some(at) => Some((at, Timeout::Auth)),
-            None => self.ctx.is_none().then_some((self.connect_deadline, Timeout::Connect)),
+            None => self
+                .ctx
+                .is_none()
+                .then_some((self.connect_deadline, Timeout::Connect)),
         };
-        let data = self.pending.values().map(|p| p.deadline).min().map(|d| (d, Timeout::Data));
+        let data = self
+            .pending
+            .values()
+            .map(|p| p.deadline)
+            .min()
+            .map(|d| (d, Timeout::Data));
         match (connect, data) {
             (Some(c), Some(d)) => Some(if d.0 < c.0 { d } else { c }),
             (c, d) => c.or(d),
@@ -491,7 +556,10 @@ impl Queue {
     async fn read_one(&mut self, rd: &mut BufReader<OwnedReadHalf>) -> Result<bool, Stop> {
         self.wait_for_budget().await;
         // A host that keeps sending (refused) commands still has to authenticate in time.
-        if self.pending_auth_deadline().is_some_and(|at| at <= Instant::now()) {
+        if self
+            .pending_auth_deadline()
+            .is_some_and(|at| at <= Instant::now())
+        {
             return Err(Stop::Timeout(Timeout::Auth));
         }
         // Wait for the next PDU to start (`fill_buf` consumes nothing, so a wait cut short by
@@ -501,7 +569,9 @@ impl Queue {
                 Some((at, why)) => match tokio::time::timeout_at(at, rd.fill_buf()).await {
                     Ok(r) => !r?.is_empty(),
                     // The queue authenticated while this wait was armed with its deadline.
-                    Err(_) if why == Timeout::Auth && self.pending_auth_deadline().is_none() => continue,
+                    Err(_) if why == Timeout::Auth && self.pending_auth_deadline().is_none() => {
+                        continue;
+                    }
                     Err(_) => return Err(Stop::Timeout(why)),
                 },
                 None => !rd.fill_buf().await?.is_empty(),
@@ -531,11 +601,16 @@ impl Queue {
     ) -> Result<bool, Stop> {
         let ch = CommonHeader::decode(&chb);
         let o = &self.shared.options;
-        let max_data = (o.max_h2c_data.max(o.in_capsule_data).max(o.admin_in_capsule_data)) as usize;
-        let lay = pdu::layout(&ch, Some(self.digests), max_data).map_err(|e| Stop::Fatal(e, chb.to_vec()))?;
+        let max_data = (o
+            .max_h2c_data
+            .max(o.in_capsule_data)
+            .max(o.admin_in_capsule_data)) as usize;
+        let lay = pdu::layout(&ch, Some(self.digests), max_data)
+            .map_err(|e| Stop::Fatal(e, chb.to_vec()))?;
         let mut header = [0u8; pdu::IC_HLEN];
         header[..COMMON_HEADER_LEN].copy_from_slice(&chb);
-        rd.read_exact(&mut header[COMMON_HEADER_LEN..lay.hlen]).await?;
+        rd.read_exact(&mut header[COMMON_HEADER_LEN..lay.hlen])
+            .await?;
         let header = &header[..lay.hlen];
         if lay.header_digest {
             let mut dg = [0u8; DIGEST_LEN];
@@ -550,8 +625,10 @@ impl Queue {
             PduHeader::CapsuleCmd(sqe) => {
                 // Checked from the header alone, before the data is read or allocated.
                 if lay.data_len > self.in_capsule_limit() {
-                    let e =
-                        PduError::DataLimitExceeded { len: lay.data_len as u64, limit: self.in_capsule_limit() as u64 };
+                    let e = PduError::DataLimitExceeded {
+                        len: lay.data_len as u64,
+                        limit: self.in_capsule_limit() as u64,
+                    };
                     return Err(Stop::Fatal(e, header.to_vec()));
                 }
                 let (data, digest_ok) = if lay.data_len > 0 {
@@ -565,7 +642,8 @@ impl Queue {
                 };
                 if !digest_ok {
                     warn!(peer = %self.peer, cid = sqe.cid, "data digest error on command capsule");
-                    self.respond(sqe.cid, Status::TRANSIENT_TRANSPORT_ERROR).await;
+                    self.respond(sqe.cid, Status::TRANSIENT_TRANSPORT_ERROR)
+                        .await;
                     return Ok(true);
                 }
                 self.handle_command(sqe, data).await
@@ -578,18 +656,27 @@ impl Queue {
                 warn!(peer = %self.peer, fes = t.fes, fei = t.fei, "host terminated the connection");
                 Ok(false)
             }
-            _ => Err(Stop::Fatal(PduError::Sequence("PDU type not sent by hosts"), header.to_vec())),
+            _ => Err(Stop::Fatal(
+                PduError::Sequence("PDU type not sent by hosts"),
+                header.to_vec(),
+            )),
         }
     }
 
     /// Answers a command that was never admitted (before Connect, or a bad capsule).
     async fn respond(&self, cid: u16, status: Status) {
-        let _ = self.tx.send(Outgoing::Response(Cqe::new(cid, status))).await;
+        let _ = self
+            .tx
+            .send(Outgoing::Response(Cqe::new(cid, status)))
+            .await;
     }
 
     /// Answers an admitted command without executing it; its slot goes with the answer.
     async fn complete(&self, slot: Slot, cid: u16, status: Status) {
-        let _ = self.tx.send(Outgoing::Completion(Cqe::new(cid, status), slot)).await;
+        let _ = self
+            .tx
+            .send(Outgoing::Completion(Cqe::new(cid, status), slot))
+            .await;
     }
 
     /// Counts a command as outstanding. A host that has more commands outstanding than its
@@ -600,7 +687,9 @@ impl Queue {
         let limit = usize::from(self.sqsize).max(1);
         self.budget
             .try_slot(limit)
-            .ok_or(Stop::Overflow(PduError::Sequence("more commands outstanding than the queue size")))
+            .ok_or(Stop::Overflow(PduError::Sequence(
+                "more commands outstanding than the queue size",
+            )))
     }
 
     fn advance_sqhd(&self) {
@@ -621,7 +710,10 @@ impl Queue {
             return Ok(true);
         };
         self.advance_sqhd();
-        if sqe.opcode == admin_opcode::FABRICS && sqe.fctype() == fctype::DISCONNECT && !ctx.is_admin() {
+        if sqe.opcode == admin_opcode::FABRICS
+            && sqe.fctype() == fctype::DISCONNECT
+            && !ctx.is_admin()
+        {
             self.respond(sqe.cid, Status::SUCCESS).await;
             let _ = self.tx.send(Outgoing::Close).await;
             return Ok(true);
@@ -642,13 +734,17 @@ impl Queue {
             match sgl.type_byte {
                 sgl_type::DATA_BLOCK_OFFSET => {
                     if sgl.address != 0 {
-                        self.complete(slot, sqe.cid, Status::SGL_OFFSET_INVALID).await;
+                        self.complete(slot, sqe.cid, Status::SGL_OFFSET_INVALID)
+                            .await;
                         return Ok(true);
                     }
                     match data.as_mut() {
-                        Some(d) if d.len() >= sgl.length as usize => d.truncate(sgl.length as usize),
+                        Some(d) if d.len() >= sgl.length as usize => {
+                            d.truncate(sgl.length as usize)
+                        }
                         _ => {
-                            self.complete(slot, sqe.cid, Status::DATA_SGL_LENGTH_INVALID).await;
+                            self.complete(slot, sqe.cid, Status::DATA_SGL_LENGTH_INVALID)
+                                .await;
                             return Ok(true);
                         }
                     }
@@ -677,7 +773,9 @@ impl Queue {
     /// Asks for the data of a write that is not in the capsule: an R2T now if the budget has
     /// room (or nothing else is being transferred), otherwise once earlier transfers finish.
     async fn request_data(&mut self, sqe: Sqe, slot: Slot) {
-        if self.pending.contains_key(&sqe.cid) || self.deferred.iter().any(|(s, _)| s.cid == sqe.cid) {
+        if self.pending.contains_key(&sqe.cid)
+            || self.deferred.iter().any(|(s, _)| s.cid == sqe.cid)
+        {
             self.complete(slot, sqe.cid, Status::CID_CONFLICT).await;
             return;
         }
@@ -698,10 +796,22 @@ impl Queue {
             };
             // `len` was checked against MDTS at admission.
             let deadline = Instant::now() + self.shared.options.data_timeout;
-            let pw = PendingWrite { sqe, buf: IoBuf::zeroed(len), received: 0, digest_error: false, deadline, slot };
+            let pw = PendingWrite {
+                sqe,
+                buf: IoBuf::zeroed(len),
+                received: 0,
+                digest_error: false,
+                deadline,
+                slot,
+            };
             self.pending.insert(sqe.cid, pw);
             self.r2t_bytes += len;
-            let r2t = R2T { cccid: sqe.cid, ttag: sqe.cid, r2to: 0, r2tl: sqe.dptr.length };
+            let r2t = R2T {
+                cccid: sqe.cid,
+                ttag: sqe.cid,
+                r2to: 0,
+                r2tl: sqe.dptr.length,
+            };
             let _ = self.tx.send(Outgoing::R2T(r2t)).await;
         }
     }
@@ -735,12 +845,16 @@ impl Queue {
         }
         let (off, len) = (dh.datao as usize, dh.datal as usize);
         if off != p.received {
-            return Err(fatal(PduError::DataOutOfRange("H2CData offset out of sequence")));
+            return Err(fatal(PduError::DataOutOfRange(
+                "H2CData offset out of sequence",
+            )));
         }
         let end = match off.checked_add(len) {
             Some(end) if end <= p.buf.len() => end,
             _ => {
-                return Err(fatal(PduError::DataOutOfRange("H2CData beyond the requested length")));
+                return Err(fatal(PduError::DataOutOfRange(
+                    "H2CData beyond the requested length",
+                )));
             }
         };
         skip(rd, lay.pad).await?;
@@ -752,7 +866,9 @@ impl Queue {
         p.deadline = Instant::now() + data_timeout;
         if p.received < p.buf.len() {
             if dh.last {
-                return Err(fatal(PduError::DataOutOfRange("LAST_PDU before all requested data")));
+                return Err(fatal(PduError::DataOutOfRange(
+                    "LAST_PDU before all requested data",
+                )));
             }
             return Ok(());
         }
@@ -762,7 +878,8 @@ impl Queue {
         self.r2t_bytes -= p.buf.len();
         if p.digest_error {
             warn!(peer = %self.peer, cid = p.sqe.cid, "data digest error on H2CData");
-            self.complete(p.slot, p.sqe.cid, Status::TRANSIENT_TRANSPORT_ERROR).await;
+            self.complete(p.slot, p.sqe.cid, Status::TRANSIENT_TRANSPORT_ERROR)
+                .await;
         } else if let Some(ctx) = self.ctx.clone() {
             // The buffer now counts as held by an executing command.
             p.slot.charge(p.buf.len());
@@ -793,8 +910,11 @@ impl Queue {
                 cqe.sqid = bound.qid;
                 // A host with DH-HMAC-CHAP keys must authenticate this queue before anything
                 // else (ATR in the Connect response, as the Linux host expects).
-                let keys =
-                    bound.controller.subsystem.as_ref().and_then(|s| self.shared.host_keys(s, &bound.controller.hostnqn));
+                let keys = bound
+                    .controller
+                    .subsystem
+                    .as_ref()
+                    .and_then(|s| self.shared.host_keys(s, &bound.controller.hostnqn));
                 let auth = keys.map(|k| {
                     cqe.result |= CONNECT_AUTHREQ_ATR;
                     self.auth_deadline = Some(Instant::now() + self.shared.options.auth_timeout);
@@ -843,7 +963,11 @@ async fn skip(rd: &mut BufReader<OwnedReadHalf>, n: usize) -> Result<(), Stop> {
 }
 
 /// Reads the data digest if the layout has one and checks it. `Ok(false)` on mismatch.
-async fn read_data_digest(rd: &mut BufReader<OwnedReadHalf>, lay: &PduLayout, data: &[u8]) -> Result<bool, Stop> {
+async fn read_data_digest(
+    rd: &mut BufReader<OwnedReadHalf>,
+    lay: &PduLayout,
+    data: &[u8],
+) -> Result<bool, Stop> {
     if !lay.data_digest {
         return Ok(true);
     }
@@ -875,12 +999,14 @@ async fn execute(ctx: Arc<QueueCtx>, sqe: Sqe, data: Option<IoBuf>, slot: Slot) 
     cqe.result_hi = (reply.result >> 32) as u32;
     if !reply.status.is_success() {
         debug!(cntlid = ctx.controller.cntlid, qid = ctx.qid, opcode = sqe.opcode, cid = sqe.cid, status = %reply.status, "command failed");
-        ctx.controller.record_error(ctx.qid, sqe.cid, reply.status, sqe.nsid, 0);
+        ctx.controller
+            .record_error(ctx.qid, sqe.cid, reply.status, sqe.nsid, 0);
     }
     let msg = match reply.data {
         Some(mut data) if reply.status.is_success() && sqe.dptr.length > 0 => {
             // The SGL length was checked against MDTS at admission (and reserved in the slot).
-            let want = (sqe.dptr.length as usize).min(ctx.shared.options.max_data_transfer as usize);
+            let want =
+                (sqe.dptr.length as usize).min(ctx.shared.options.max_data_transfer as usize);
             if data.len() > want {
                 data.truncate(want);
             } else if data.len() < want {
@@ -888,8 +1014,17 @@ async fn execute(ctx: Arc<QueueCtx>, sqe: Sqe, data: Option<IoBuf>, slot: Slot) 
                 sized[..data.len()].copy_from_slice(&data);
                 data = sized;
             }
-            let response = if ctx.sq_flow_disabled { None } else { Some(cqe) };
-            Outgoing::Data { cid: sqe.cid, data, response, slot }
+            let response = if ctx.sq_flow_disabled {
+                None
+            } else {
+                Some(cqe)
+            };
+            Outgoing::Data {
+                cid: sqe.cid,
+                data,
+                response,
+                slot,
+            }
         }
         _ => Outgoing::Completion(cqe, slot),
     };
@@ -914,7 +1049,12 @@ struct WriterCtx {
 /// Sends everything queued for a connection, batching small PDUs into one write. A write
 /// that makes no progress for the drain timeout (the host does not read) ends the
 /// connection.
-async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Outgoing>, mut w: PduWriter, cx: WriterCtx) {
+async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Outgoing>,
+    mut w: PduWriter,
+    cx: WriterCtx,
+) {
     let result = async {
         while let Some(first) = rx.recv().await {
             let mut close = w.emit(&mut wr, first).await?;
@@ -967,12 +1107,19 @@ struct PduWriter {
 
 /// Writes all of `bytes`, failing with `TimedOut` if the socket takes none of them for
 /// `limit` (the peer does not read).
-async fn write_all_within(wr: &mut OwnedWriteHalf, mut bytes: &[u8], limit: Duration) -> std::io::Result<()> {
+async fn write_all_within(
+    wr: &mut OwnedWriteHalf,
+    mut bytes: &[u8],
+    limit: Duration,
+) -> std::io::Result<()> {
     while !bytes.is_empty() {
         let n = match tokio::time::timeout(limit, wr.write(bytes)).await {
             Ok(r) => r?,
             Err(_) => {
-                return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "socket write made no progress"));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "socket write made no progress",
+                ));
             }
         };
         if n == 0 {
@@ -1007,8 +1154,15 @@ impl PduWriter {
                 self.response(cqe);
                 drop(slot);
             }
-            Outgoing::R2T(r) => pdu::encode_header(&PduHeader::R2T(r), 0, self.digests, &mut self.buf),
-            Outgoing::Data { cid, data, response, slot } => {
+            Outgoing::R2T(r) => {
+                pdu::encode_header(&PduHeader::R2T(r), 0, self.digests, &mut self.buf)
+            }
+            Outgoing::Data {
+                cid,
+                data,
+                response,
+                slot,
+            } => {
                 let total = data.len();
                 let mut off = 0;
                 while off < total {
@@ -1032,7 +1186,8 @@ impl PduWriter {
                         write_all_within(wr, chunk, self.drain_timeout).await?;
                     }
                     if pdu::data_digest_applies(&h, n, self.digests) {
-                        self.buf.extend_from_slice(&ferrite_protocol::digest::digest_bytes(chunk));
+                        self.buf
+                            .extend_from_slice(&ferrite_protocol::digest::digest_bytes(chunk));
                     }
                     off += n;
                 }
@@ -1070,7 +1225,10 @@ mod tests {
         let mut s2 = b.try_slot(2).expect("second");
         s2.charge(100);
         s2.charge(28);
-        assert!(b.try_slot(2).is_none(), "a third command exceeds two entries");
+        assert!(
+            b.try_slot(2).is_none(),
+            "a third command exceeds two entries"
+        );
         assert_eq!((b.inflight(), b.held()), (2, 4096 + 128));
         drop(s1);
         assert_eq!((b.inflight(), b.held()), (1, 128));
@@ -1087,16 +1245,34 @@ mod tests {
         s.charge(10);
         drop(s);
         // The permit left by the release is not lost.
-        tokio::time::timeout(Duration::from_secs(1), b.freed.notified()).await.expect("woken");
+        tokio::time::timeout(Duration::from_secs(1), b.freed.notified())
+            .await
+            .expect("woken");
     }
 
     #[test]
     fn only_writes_and_their_fabrics_kin_move_data_to_the_controller() {
-        let cmd = |opcode, nsid| Sqe { opcode, nsid, ..Default::default() };
-        assert!(host_to_controller(&cmd(ferrite_protocol::command::io_opcode::WRITE, 1)));
-        assert!(!host_to_controller(&cmd(ferrite_protocol::command::io_opcode::READ, 1)));
+        let cmd = |opcode, nsid| Sqe {
+            opcode,
+            nsid,
+            ..Default::default()
+        };
+        assert!(host_to_controller(&cmd(
+            ferrite_protocol::command::io_opcode::WRITE,
+            1
+        )));
+        assert!(!host_to_controller(&cmd(
+            ferrite_protocol::command::io_opcode::READ,
+            1
+        )));
         assert!(!host_to_controller(&cmd(admin_opcode::IDENTIFY, 0)));
-        assert!(host_to_controller(&cmd(admin_opcode::FABRICS, u32::from(fctype::CONNECT))));
-        assert!(!host_to_controller(&cmd(admin_opcode::FABRICS, u32::from(fctype::PROPERTY_GET))));
+        assert!(host_to_controller(&cmd(
+            admin_opcode::FABRICS,
+            u32::from(fctype::CONNECT)
+        )));
+        assert!(!host_to_controller(&cmd(
+            admin_opcode::FABRICS,
+            u32::from(fctype::PROPERTY_GET)
+        )));
     }
 }

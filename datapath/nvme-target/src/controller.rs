@@ -184,7 +184,6 @@ impl Controller {
         }
     }
 
-
     /// Tears the controller down: closes every connection bound to it and unregisters it.
     pub fn shutdown(&self, reason: &str) {
         if self.dead.send_replace(true) {
@@ -206,7 +205,11 @@ impl Controller {
         let mut dead = self.dead.subscribe();
         loop {
             let kato = Duration::from_millis(u64::from(self.state().kato_ms));
-            let tick = if kato.is_zero() { Duration::from_secs(1) } else { (kato / 4).max(Duration::from_millis(50)) };
+            let tick = if kato.is_zero() {
+                Duration::from_secs(1)
+            } else {
+                (kato / 4).max(Duration::from_millis(50))
+            };
             tokio::select! {
                 _ = tokio::time::sleep(tick) => {}
                 _ = crate::registry::signalled(&mut dead) => return,
@@ -248,7 +251,11 @@ impl Controller {
         st.cc = new;
         if new & cc::EN != 0 && old & cc::EN == 0 {
             if cc::iosqes(new) != 6 || cc::iocqes(new) != 4 {
-                warn!(cntlid = self.cntlid, cc = new, "CC enable with unsupported queue entry sizes");
+                warn!(
+                    cntlid = self.cntlid,
+                    cc = new,
+                    "CC enable with unsupported queue entry sizes"
+                );
                 st.csts |= csts::CFS;
             } else {
                 st.csts |= csts::RDY;
@@ -273,7 +280,14 @@ impl Controller {
     pub fn record_error(&self, sqid: u16, cid: u16, status: Status, nsid: u32, lba: u64) {
         let mut st = self.state();
         st.error_count += 1;
-        let e = ErrorEntry { error_count: st.error_count, sqid, cid, status: status.to_field(), lba, nsid };
+        let e = ErrorEntry {
+            error_count: st.error_count,
+            sqid,
+            cid,
+            status: status.to_field(),
+            lba,
+            nsid,
+        };
         st.errors.push_front(e);
         st.errors.truncate(ERROR_LOG_ENTRIES);
     }

@@ -16,7 +16,11 @@ const TREQ_SQFLOW_DISABLE_OK: u8 = 0x04;
 /// The address to advertise for a listener: its own, or, for a wildcard listener, the
 /// address this host reached.
 fn advertised(listener: SocketAddr, local: SocketAddr) -> SocketAddr {
-    if listener.ip().is_unspecified() { SocketAddr::new(local.ip(), listener.port()) } else { listener }
+    if listener.ip().is_unspecified() {
+        SocketAddr::new(local.ip(), listener.port())
+    } else {
+        listener
+    }
 }
 
 /// Builds the discovery log page for the host behind `ctx`.
@@ -27,7 +31,11 @@ pub(crate) fn log_page(ctx: &QueueCtx) -> Vec<u8> {
     let mut entries = Vec::new();
     let entry = |portid: usize, addr: SocketAddr, st: u8, nqn: &str| DiscoveryEntry {
         trtype: TRTYPE_TCP,
-        adrfam: if addr.is_ipv4() { ADRFAM_IPV4 } else { ADRFAM_IPV6 },
+        adrfam: if addr.is_ipv4() {
+            ADRFAM_IPV4
+        } else {
+            ADRFAM_IPV6
+        },
         subtype: st,
         treq: TREQ_SQFLOW_DISABLE_OK,
         portid: portid as u16,
@@ -39,7 +47,12 @@ pub(crate) fn log_page(ctx: &QueueCtx) -> Vec<u8> {
     };
     for (i, l) in listeners.iter().enumerate() {
         let addr = advertised(*l, ctx.local);
-        entries.push(entry(i + 1, addr, subtype::CURRENT_DISCOVERY, DISCOVERY_NQN));
+        entries.push(entry(
+            i + 1,
+            addr,
+            subtype::CURRENT_DISCOVERY,
+            DISCOVERY_NQN,
+        ));
         for sub in shared.subsystems() {
             if sub.allows(hostnqn) {
                 entries.push(entry(i + 1, addr, subtype::NVME, &sub.nqn));

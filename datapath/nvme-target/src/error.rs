@@ -16,5 +16,8 @@ pub enum TargetError {
     #[error("invalid namespace configuration for {nqn}: {reason}")]
     InvalidNamespace { nqn: String, reason: String },
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: std::net::SocketAddr, source: std::io::Error },
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use ferrite_protocol::command::Sqe;
 use ferrite_protocol::fabrics::{
-    CNTLID_DYNAMIC, Cap, ConnectCommand, ConnectData, PropertyCommand, connect_data_offset, connect_invalid_param_result,
-    property, version,
+    CNTLID_DYNAMIC, Cap, ConnectCommand, ConnectData, PropertyCommand, connect_data_offset,
+    connect_invalid_param_result, property, version,
 };
 use ferrite_protocol::nqn::{self, DISCOVERY_NQN};
 use ferrite_protocol::status::Status;
@@ -65,32 +65,70 @@ pub(crate) fn connect(
         });
     }
     let Some(d) = data.and_then(ConnectData::decode) else {
-        return Err(invalid(true, 0, "Connect without its 1 KiB of data in the capsule"));
+        return Err(invalid(
+            true,
+            0,
+            "Connect without its 1 KiB of data in the capsule",
+        ));
     };
     if let Err(e) = nqn::validate(&d.hostnqn) {
-        return Err(invalid(true, connect_data_offset::HOSTNQN, format!("host NQN: {e}")));
+        return Err(invalid(
+            true,
+            connect_data_offset::HOSTNQN,
+            format!("host NQN: {e}"),
+        ));
     }
     let o = &shared.options;
-    let max_entries = if cmd.qid == 0 { o.max_admin_queue_entries } else { o.max_queue_entries };
+    let max_entries = if cmd.qid == 0 {
+        o.max_admin_queue_entries
+    } else {
+        o.max_queue_entries
+    };
     let entries = u32::from(cmd.sqsize) + 1;
     if cmd.sqsize == 0 || entries > u32::from(max_entries) {
-        return Err(invalid(false, SQE_OFFSET_SQSIZE, format!("sqsize {} (max {})", cmd.sqsize, max_entries - 1)));
+        return Err(invalid(
+            false,
+            SQE_OFFSET_SQSIZE,
+            format!("sqsize {} (max {})", cmd.sqsize, max_entries - 1),
+        ));
     }
     let sq_flow_disabled = cmd.sq_flow_control_disabled();
 
     if d.subnqn == DISCOVERY_NQN {
         if cmd.qid != 0 {
-            return Err(invalid(false, SQE_OFFSET_QID, "the discovery controller has no I/O queues"));
+            return Err(invalid(
+                false,
+                SQE_OFFSET_QID,
+                "the discovery controller has no I/O queues",
+            ));
         }
         let tx = admin_tx.clone();
         let controller = shared.register_discovery(|cntlid| {
-            Controller::new(cntlid, ControllerKind::Discovery, None, d.subnqn.clone(), d.hostnqn.clone(), d.hostid, cmd.kato, tx)
+            Controller::new(
+                cntlid,
+                ControllerKind::Discovery,
+                None,
+                d.subnqn.clone(),
+                d.hostnqn.clone(),
+                d.hostid,
+                cmd.kato,
+                tx,
+            )
         });
-        return Ok(Bound { controller, qid: 0, sqsize: entries as u16, sq_flow_disabled });
+        return Ok(Bound {
+            controller,
+            qid: 0,
+            sqsize: entries as u16,
+            sq_flow_disabled,
+        });
     }
 
     let Some(sub) = shared.subsystem(&d.subnqn) else {
-        return Err(invalid(true, connect_data_offset::SUBNQN, format!("unknown subsystem {:?}", d.subnqn)));
+        return Err(invalid(
+            true,
+            connect_data_offset::SUBNQN,
+            format!("unknown subsystem {:?}", d.subnqn),
+        ));
     };
     if !sub.allows(&d.hostnqn) {
         return Err(Rejection {
@@ -101,7 +139,11 @@ pub(crate) fn connect(
     }
     if cmd.qid == 0 {
         if d.cntlid != CNTLID_DYNAMIC {
-            return Err(invalid(true, connect_data_offset::CNTLID, "static controller IDs are not supported"));
+            return Err(invalid(
+                true,
+                connect_data_offset::CNTLID,
+                "static controller IDs are not supported",
+            ));
         }
         let sub2 = sub.clone();
         let controller = sub
@@ -122,22 +164,48 @@ pub(crate) fn connect(
                 result: 0,
                 reason: "no free controller ID".into(),
             })?;
-        return Ok(Bound { controller, qid: 0, sqsize: entries as u16, sq_flow_disabled });
+        return Ok(Bound {
+            controller,
+            qid: 0,
+            sqsize: entries as u16,
+            sq_flow_disabled,
+        });
     }
 
     let Some(controller) = sub.controller(d.cntlid) else {
-        return Err(invalid(true, connect_data_offset::CNTLID, format!("no controller {} on {}", d.cntlid, d.subnqn)));
+        return Err(invalid(
+            true,
+            connect_data_offset::CNTLID,
+            format!("no controller {} on {}", d.cntlid, d.subnqn),
+        ));
     };
     if controller.hostnqn != d.hostnqn || controller.hostid != d.hostid {
-        return Err(invalid(true, connect_data_offset::HOSTNQN, "host NQN/ID differ from the admin queue's"));
+        return Err(invalid(
+            true,
+            connect_data_offset::HOSTNQN,
+            "host NQN/ID differ from the admin queue's",
+        ));
     }
     if let Err(reason) = controller.bind_io_queue(cmd.qid, o.max_io_queues) {
         if !controller.is_ready() {
-            return Err(Rejection { status: Status::COMMAND_SEQUENCE_ERROR, result: 0, reason: reason.into() });
+            return Err(Rejection {
+                status: Status::COMMAND_SEQUENCE_ERROR,
+                result: 0,
+                reason: reason.into(),
+            });
         }
-        return Err(invalid(false, SQE_OFFSET_QID, format!("qid {}: {reason}", cmd.qid)));
+        return Err(invalid(
+            false,
+            SQE_OFFSET_QID,
+            format!("qid {}: {reason}", cmd.qid),
+        ));
     }
-    Ok(Bound { controller, qid: cmd.qid, sqsize: entries as u16, sq_flow_disabled })
+    Ok(Bound {
+        controller,
+        qid: cmd.qid,
+        sqsize: entries as u16,
+        sq_flow_disabled,
+    })
 }
 
 /// Property Get.
@@ -148,7 +216,11 @@ pub(crate) fn property_get(c: &Controller, shared: &Shared, sqe: &Sqe) -> Reply 
     let mqes = shared.options.max_queue_entries - 1;
     let st = c.state();
     let value = match (p.offset, p.size) {
-        (property::CAP, 8) => Cap { mqes, timeout: CAP_TIMEOUT }.to_u64(),
+        (property::CAP, 8) => Cap {
+            mqes,
+            timeout: CAP_TIMEOUT,
+        }
+        .to_u64(),
         (property::VS, 4) => u64::from(NVME_VERSION),
         (property::CC, 4) => u64::from(st.cc),
         (property::CSTS, 4) => u64::from(st.csts),

@@ -50,13 +50,25 @@ mod tests {
 
     #[test]
     fn stable_and_distinct() {
-        assert_eq!(nguid("nqn.2024-01.dev.ferrite:a", 1), nguid("nqn.2024-01.dev.ferrite:a", 1));
-        assert_ne!(nguid("nqn.2024-01.dev.ferrite:a", 1), nguid("nqn.2024-01.dev.ferrite:b", 1));
-        assert_ne!(nguid("nqn.2024-01.dev.ferrite:a", 1), nguid("nqn.2024-01.dev.ferrite:a", 2));
+        assert_eq!(
+            nguid("nqn.2024-01.dev.ferrite:a", 1),
+            nguid("nqn.2024-01.dev.ferrite:a", 1)
+        );
+        assert_ne!(
+            nguid("nqn.2024-01.dev.ferrite:a", 1),
+            nguid("nqn.2024-01.dev.ferrite:b", 1)
+        );
+        assert_ne!(
+            nguid("nqn.2024-01.dev.ferrite:a", 1),
+            nguid("nqn.2024-01.dev.ferrite:a", 2)
+        );
         assert_ne!(uuid("x", 1), nguid("x", 1));
         assert!(serial("nqn.2024-01.dev.ferrite:a").len() <= 20);
         // Pinned: changing the hash would change every namespace's identity.
-        assert_eq!(serial("nqn.2024-01.dev.ferrite:a"), serial("nqn.2024-01.dev.ferrite:a"));
+        assert_eq!(
+            serial("nqn.2024-01.dev.ferrite:a"),
+            serial("nqn.2024-01.dev.ferrite:a")
+        );
         assert_eq!(&serial("")[..2], "FE");
     }
 }

@@ -6,7 +6,9 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use ferrite_block::{BlockDevice, BlockError, IoBuf};
-use ferrite_protocol::command::{DsmCommand, DsmRange, RwCommand, Sqe, WriteZeroesCommand, admin_opcode, io_opcode};
+use ferrite_protocol::command::{
+    DsmCommand, DsmRange, RwCommand, Sqe, WriteZeroesCommand, admin_opcode, io_opcode,
+};
 use ferrite_protocol::status::Status;
 use tracing::warn;
 
@@ -32,7 +34,8 @@ fn status_of(e: &BlockError, write: bool) -> Status {
 }
 
 fn in_range(dev: &dyn BlockDevice, slba: u64, nlb: u64) -> bool {
-    slba.checked_add(nlb).is_some_and(|end| end <= dev.num_blocks())
+    slba.checked_add(nlb)
+        .is_some_and(|end| end <= dev.num_blocks())
 }
 
 /// Executes an I/O-queue command.
@@ -133,7 +136,9 @@ pub(crate) async fn execute(ctx: &Arc<QueueCtx>, sqe: &Sqe, data: Option<IoBuf>)
             if !in_range(dev, wz.slba, u64::from(wz.nlb)) {
                 return Status::LBA_OUT_OF_RANGE.into();
             }
-            let mut r = dev.write_zeroes(wz.slba, u64::from(wz.nlb), wz.deallocate).await;
+            let mut r = dev
+                .write_zeroes(wz.slba, u64::from(wz.nlb), wz.deallocate)
+                .await;
             if r.is_ok() && (wz.fua || !wce) {
                 r = dev.flush().await;
             }
@@ -144,14 +149,20 @@ pub(crate) async fn execute(ctx: &Arc<QueueCtx>, sqe: &Sqe, data: Option<IoBuf>)
         }
         io_opcode::DATASET_MANAGEMENT => {
             let dsm = DsmCommand::from_sqe(sqe);
-            let Some(ranges) = data.as_deref().and_then(|d| DsmRange::decode_all(d, dsm.nr)) else {
+            let Some(ranges) = data
+                .as_deref()
+                .and_then(|d| DsmRange::decode_all(d, dsm.nr))
+            else {
                 return Status::DATA_SGL_LENGTH_INVALID.into();
             };
             if !dsm.deallocate {
                 // Only attributes (hints): nothing to do.
                 return Reply::ok().into();
             }
-            if ranges.iter().any(|r| !in_range(dev, r.slba, u64::from(r.nlb))) {
+            if ranges
+                .iter()
+                .any(|r| !in_range(dev, r.slba, u64::from(r.nlb)))
+            {
                 return Status::LBA_OUT_OF_RANGE.into();
             }
             let mut reply = Reply::ok();

@@ -93,7 +93,8 @@ impl TargetOptions {
     /// The per-connection budget actually enforced: at least one maximum transfer, so that
     /// any single valid command can always proceed.
     pub fn connection_budget(&self) -> usize {
-        self.max_connection_buffer.max(self.max_data_transfer as usize)
+        self.max_connection_buffer
+            .max(self.max_data_transfer as usize)
     }
 }
 
@@ -103,7 +104,10 @@ mod tests {
 
     #[test]
     fn budget_is_at_least_one_transfer() {
-        let o = TargetOptions { max_connection_buffer: 0, ..Default::default() };
+        let o = TargetOptions {
+            max_connection_buffer: 0,
+            ..Default::default()
+        };
         assert_eq!(o.connection_budget(), 128 * 1024);
         assert_eq!(TargetOptions::default().connection_budget(), 4 << 20);
         assert_eq!(TargetOptions::default().mdts(), 5);

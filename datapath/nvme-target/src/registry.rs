@@ -70,11 +70,16 @@ impl Shared {
     /// The DH-HMAC-CHAP keys `hostnqn` must authenticate with on `sub`: the subsystem's own,
     /// else the target-wide ones; `None` if the host need not authenticate.
     pub fn host_keys(&self, sub: &Subsystem, hostnqn: &str) -> Option<DhchapKeys> {
-        sub.host_keys(hostnqn).or_else(|| self.default_keys.read().ok()?.get(hostnqn).cloned())
+        sub.host_keys(hostnqn)
+            .or_else(|| self.default_keys.read().ok()?.get(hostnqn).cloned())
     }
 
     pub fn subsystems(&self) -> Vec<Arc<Subsystem>> {
-        let mut v: Vec<_> = self.subsystems.read().map(|m| m.values().cloned().collect()).unwrap_or_default();
+        let mut v: Vec<_> = self
+            .subsystems
+            .read()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
         v.sort_by(|a: &Arc<Subsystem>, b| a.nqn.cmp(&b.nqn));
         v
     }
@@ -104,11 +109,17 @@ impl Shared {
 
     /// Admits a new connection from `peer` if neither the total nor the per-address limit is
     /// reached.
-    pub fn admit_connection(self: &Arc<Self>, peer: SocketAddr) -> Result<ConnectionPermit, Refusal> {
+    pub fn admit_connection(
+        self: &Arc<Self>,
+        peer: SocketAddr,
+    ) -> Result<ConnectionPermit, Refusal> {
         let ip = peer.ip();
         let o = &self.options;
         // The per-address table's lock also orders the total count's check and increment.
-        let mut table = self.per_address.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut table = self
+            .per_address
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if self.active_connections.load(Ordering::Acquire) >= o.max_connections {
             TargetStats::bump(&self.stats.refused_total_limit);
             return Err(Refusal::TotalLimit(o.max_connections));
@@ -120,14 +131,22 @@ impl Shared {
         }
         *n += 1;
         self.active_connections.fetch_add(1, Ordering::AcqRel);
-        self.stats.connections_active.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .connections_active
+            .fetch_add(1, Ordering::Relaxed);
         TargetStats::bump(&self.stats.connections_accepted);
-        Ok(ConnectionPermit { shared: self.clone(), ip })
+        Ok(ConnectionPermit {
+            shared: self.clone(),
+            ip,
+        })
     }
 
     fn connection_ended(&self, ip: IpAddr) {
         {
-            let mut table = self.per_address.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut table = self
+                .per_address
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if let Some(n) = table.get_mut(&ip) {
                 *n = n.saturating_sub(1);
                 if *n == 0 {
@@ -135,7 +154,9 @@ impl Shared {
                 }
             }
         }
-        self.stats.connections_active.fetch_sub(1, Ordering::Relaxed);
+        self.stats
+            .connections_active
+            .fetch_sub(1, Ordering::Relaxed);
         if self.active_connections.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.idle.notify_waiters();
         }
@@ -200,7 +221,11 @@ impl Target {
 
     /// Adds a subsystem whose hosts in `keys` must authenticate with DH-HMAC-CHAP. The keys
     /// are in place before the subsystem is reachable.
-    pub fn add_subsystem_with_keys(&self, cfg: SubsystemConfig, keys: HostKeys) -> Result<(), TargetError> {
+    pub fn add_subsystem_with_keys(
+        &self,
+        cfg: SubsystemConfig,
+        keys: HostKeys,
+    ) -> Result<(), TargetError> {
         nqn::validate(&cfg.nqn)?;
         for h in keys.keys() {
             nqn::validate(h)?;
@@ -213,12 +238,18 @@ impl Target {
                 nqn::validate(h)?;
             }
         }
-        let sub =
-            Subsystem::new(&cfg).map_err(|reason| TargetError::InvalidNamespace { nqn: cfg.nqn.clone(), reason })?;
+        let sub = Subsystem::new(&cfg).map_err(|reason| TargetError::InvalidNamespace {
+            nqn: cfg.nqn.clone(),
+            reason,
+        })?;
         let authenticated = keys.len();
         let _ = sub.set_host_keys(keys);
         {
-            let mut map = self.shared.subsystems.write().map_err(|_| TargetError::SubsystemExists(cfg.nqn.clone()))?;
+            let mut map = self
+                .shared
+                .subsystems
+                .write()
+                .map_err(|_| TargetError::SubsystemExists(cfg.nqn.clone()))?;
             if map.contains_key(&cfg.nqn) {
                 return Err(TargetError::SubsystemExists(cfg.nqn));
             }
@@ -254,7 +285,10 @@ impl Target {
                 nqn::validate(h)?;
             }
         }
-        let sub = self.shared.subsystem(nqn).ok_or_else(|| TargetError::SubsystemNotFound(nqn.to_string()))?;
+        let sub = self
+            .shared
+            .subsystem(nqn)
+            .ok_or_else(|| TargetError::SubsystemNotFound(nqn.to_string()))?;
         sub.set_hosts(hosts);
         for c in sub.controllers() {
             if !sub.allows(&c.hostnqn) {
@@ -272,7 +306,10 @@ impl Target {
         for h in keys.keys() {
             nqn::validate(h)?;
         }
-        let sub = self.shared.subsystem(nqn).ok_or_else(|| TargetError::SubsystemNotFound(nqn.to_string()))?;
+        let sub = self
+            .shared
+            .subsystem(nqn)
+            .ok_or_else(|| TargetError::SubsystemNotFound(nqn.to_string()))?;
         let old = sub.set_host_keys(keys);
         for c in sub.controllers() {
             if old.get(&c.hostnqn) != sub.host_keys(&c.hostnqn).as_ref() {
@@ -311,30 +348,50 @@ impl Target {
 
     /// Adds (or replaces) a namespace of a subsystem; connected hosts get an event.
     pub fn add_namespace(&self, nqn: &str, ns: NamespaceConfig) -> Result<(), TargetError> {
-        let sub = self.shared.subsystem(nqn).ok_or_else(|| TargetError::SubsystemNotFound(nqn.to_string()))?;
-        sub.add_namespace(&ns).map_err(|reason| TargetError::InvalidNamespace { nqn: nqn.to_string(), reason })
+        let sub = self
+            .shared
+            .subsystem(nqn)
+            .ok_or_else(|| TargetError::SubsystemNotFound(nqn.to_string()))?;
+        sub.add_namespace(&ns)
+            .map_err(|reason| TargetError::InvalidNamespace {
+                nqn: nqn.to_string(),
+                reason,
+            })
     }
 
     /// Tells the hosts connected to a subsystem that namespace `nsid` changed size (its
     /// device grew): they get a Namespace Attribute Changed event and re-read Identify.
     pub fn namespace_resized(&self, nqn: &str, nsid: u32) -> Result<(), TargetError> {
-        let sub = self.shared.subsystem(nqn).ok_or_else(|| TargetError::SubsystemNotFound(nqn.to_string()))?;
+        let sub = self
+            .shared
+            .subsystem(nqn)
+            .ok_or_else(|| TargetError::SubsystemNotFound(nqn.to_string()))?;
         if sub.namespace_resized(nsid) {
             Ok(())
         } else {
-            Err(TargetError::InvalidNamespace { nqn: nqn.to_string(), reason: format!("no namespace {nsid}") })
+            Err(TargetError::InvalidNamespace {
+                nqn: nqn.to_string(),
+                reason: format!("no namespace {nsid}"),
+            })
         }
     }
 
     /// Removes a namespace of a subsystem; connected hosts get an event.
     pub fn remove_namespace(&self, nqn: &str, nsid: u32) -> Result<bool, TargetError> {
-        let sub = self.shared.subsystem(nqn).ok_or_else(|| TargetError::SubsystemNotFound(nqn.to_string()))?;
+        let sub = self
+            .shared
+            .subsystem(nqn)
+            .ok_or_else(|| TargetError::SubsystemNotFound(nqn.to_string()))?;
         Ok(sub.remove_namespace(nsid))
     }
 
     /// NQNs of the subsystems served.
     pub fn subsystem_nqns(&self) -> Vec<String> {
-        self.shared.subsystems().iter().map(|s| s.nqn.clone()).collect()
+        self.shared
+            .subsystems()
+            .iter()
+            .map(|s| s.nqn.clone())
+            .collect()
     }
 
     /// What the target serves, for status reports.
@@ -387,13 +444,20 @@ impl Target {
 
     /// Number of live controllers of a subsystem.
     pub fn controller_count(&self, nqn: &str) -> usize {
-        self.shared.subsystem(nqn).map(|s| s.controllers().len()).unwrap_or(0)
+        self.shared
+            .subsystem(nqn)
+            .map(|s| s.controllers().len())
+            .unwrap_or(0)
     }
 
     /// Starts serving on `addr` (port 0 picks a free port) and returns the bound address.
     pub async fn listen(&self, addr: SocketAddr) -> Result<SocketAddr, TargetError> {
-        let listener = TcpListener::bind(addr).await.map_err(|source| TargetError::Listen { addr, source })?;
-        let bound = listener.local_addr().map_err(|source| TargetError::Listen { addr, source })?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| TargetError::Listen { addr, source })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|source| TargetError::Listen { addr, source })?;
         if let Ok(mut l) = self.shared.listeners.lock() {
             l.push(bound);
         }
@@ -463,7 +527,10 @@ impl Target {
                 let _ = tokio::time::timeout(Duration::from_millis(100), notified).await;
             }
         };
-        if tokio::time::timeout(Duration::from_secs(5), wait).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), wait)
+            .await
+            .is_err()
+        {
             warn!("connections still open after 5 s at shutdown");
         }
         info!("target stopped");
@@ -480,21 +547,42 @@ mod tests {
 
     #[test]
     fn connection_limits_per_address_and_in_total() {
-        let t = Target::new(TargetOptions { max_connections: 3, max_connections_per_address: 2, ..Default::default() });
+        let t = Target::new(TargetOptions {
+            max_connections: 3,
+            max_connections_per_address: 2,
+            ..Default::default()
+        });
         let s = &t.shared;
-        let a1 = s.admit_connection(peer([10, 0, 0, 1], 1)).expect("first from a");
-        let a2 = s.admit_connection(peer([10, 0, 0, 1], 2)).expect("second from a");
-        assert_eq!(s.admit_connection(peer([10, 0, 0, 1], 3)).err(), Some(Refusal::AddressLimit(2)));
-        let b1 = s.admit_connection(peer([10, 0, 0, 2], 1)).expect("first from b");
-        assert_eq!(s.admit_connection(peer([10, 0, 0, 3], 1)).err(), Some(Refusal::TotalLimit(3)));
+        let a1 = s
+            .admit_connection(peer([10, 0, 0, 1], 1))
+            .expect("first from a");
+        let a2 = s
+            .admit_connection(peer([10, 0, 0, 1], 2))
+            .expect("second from a");
+        assert_eq!(
+            s.admit_connection(peer([10, 0, 0, 1], 3)).err(),
+            Some(Refusal::AddressLimit(2))
+        );
+        let b1 = s
+            .admit_connection(peer([10, 0, 0, 2], 1))
+            .expect("first from b");
+        assert_eq!(
+            s.admit_connection(peer([10, 0, 0, 3], 1)).err(),
+            Some(Refusal::TotalLimit(3))
+        );
         drop(a1);
-        let a3 = s.admit_connection(peer([10, 0, 0, 1], 4)).expect("a has room again");
+        let a3 = s
+            .admit_connection(peer([10, 0, 0, 1], 4))
+            .expect("a has room again");
         let st = t.stats();
         assert_eq!((st.connections_active, st.connections_accepted), (3, 4));
         assert_eq!((st.refused_address_limit, st.refused_total_limit), (1, 1));
         drop((a2, a3, b1));
         assert_eq!(t.stats().connections_active, 0);
-        assert!(s.per_address.lock().map(|m| m.is_empty()).unwrap_or(false), "no entries left behind");
+        assert!(
+            s.per_address.lock().map(|m| m.is_empty()).unwrap_or(false),
+            "no entries left behind"
+        );
         assert_eq!(s.active_connections.load(Ordering::Acquire), 0);
     }
 }

@@ -7,8 +7,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Upper bounds of the latency histogram buckets, in microseconds (the last bucket is +Inf).
-pub const LATENCY_BUCKETS_US: [u64; 16] =
-    [10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000];
+pub const LATENCY_BUCKETS_US: [u64; 16] = [
+    10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000,
+    500_000, 1_000_000,
+];
 
 /// A fixed-bucket latency histogram.
 #[derive(Default)]
@@ -20,7 +22,10 @@ pub struct Histogram {
 impl Histogram {
     pub fn observe(&self, d: Duration) {
         let us = d.as_micros().min(u128::from(u64::MAX)) as u64;
-        let i = LATENCY_BUCKETS_US.iter().position(|&b| us <= b).unwrap_or(LATENCY_BUCKETS_US.len());
+        let i = LATENCY_BUCKETS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(LATENCY_BUCKETS_US.len());
         self.buckets[i].fetch_add(1, Ordering::Relaxed);
         self.sum_us.fetch_add(us, Ordering::Relaxed);
     }

@@ -39,7 +39,10 @@ pub struct NamespaceConfig {
 
 impl std::fmt::Debug for NamespaceConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NamespaceConfig").field("nsid", &self.nsid).field("device", &self.device.describe()).finish()
+        f.debug_struct("NamespaceConfig")
+            .field("nsid", &self.nsid)
+            .field("device", &self.device.describe())
+            .finish()
     }
 }
 
@@ -84,13 +87,22 @@ impl Subsystem {
         let mut namespaces = BTreeMap::new();
         for ns in &cfg.namespaces {
             if ns.nsid == 0 || ns.nsid > MAX_NSID {
-                return Err(format!("namespace ID {} is outside 1..={MAX_NSID}", ns.nsid));
+                return Err(format!(
+                    "namespace ID {} is outside 1..={MAX_NSID}",
+                    ns.nsid
+                ));
             }
             let bs = ns.device.block_size();
             if !bs.is_power_of_two() || !(512..=65536).contains(&bs) {
-                return Err(format!("namespace {} has unsupported block size {bs}", ns.nsid));
+                return Err(format!(
+                    "namespace {} has unsupported block size {bs}",
+                    ns.nsid
+                ));
             }
-            if namespaces.insert(ns.nsid, Arc::new(Self::namespace(&cfg.nqn, ns))).is_some() {
+            if namespaces
+                .insert(ns.nsid, Arc::new(Self::namespace(&cfg.nqn, ns)))
+                .is_some()
+            {
                 return Err(format!("namespace ID {} given twice", ns.nsid));
             }
         }
@@ -100,7 +112,10 @@ impl Subsystem {
             hosts: RwLock::new(cfg.hosts.clone()),
             keys: RwLock::new(HostKeys::new()),
             namespaces: RwLock::new(namespaces),
-            controllers: Mutex::new(ControllerTable { next_cntlid: 1, live: HashMap::new() }),
+            controllers: Mutex::new(ControllerTable {
+                next_cntlid: 1,
+                live: HashMap::new(),
+            }),
         })
     }
 
@@ -115,17 +130,26 @@ impl Subsystem {
     }
 
     pub fn allows(&self, hostnqn: &str) -> bool {
-        self.hosts.read().map(|h| h.allows(hostnqn)).unwrap_or(false)
+        self.hosts
+            .read()
+            .map(|h| h.allows(hostnqn))
+            .unwrap_or(false)
     }
 
     /// The DH-HMAC-CHAP keys of `hostnqn`, if that host must authenticate.
     pub fn host_keys(&self, hostnqn: &str) -> Option<DhchapKeys> {
-        self.keys.read().map(|k| k.get(hostnqn).cloned()).unwrap_or(None)
+        self.keys
+            .read()
+            .map(|k| k.get(hostnqn).cloned())
+            .unwrap_or(None)
     }
 
     /// The hosts that must authenticate.
     pub fn authenticated_hosts(&self) -> Vec<String> {
-        self.keys.read().map(|k| k.keys().cloned().collect()).unwrap_or_default()
+        self.keys
+            .read()
+            .map(|k| k.keys().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Replaces the keys; returns the previous ones.
@@ -137,7 +161,10 @@ impl Subsystem {
     }
 
     pub fn hosts(&self) -> HostAccess {
-        self.hosts.read().map(|h| h.clone()).unwrap_or(HostAccess::Only(Vec::new()))
+        self.hosts
+            .read()
+            .map(|h| h.clone())
+            .unwrap_or(HostAccess::Only(Vec::new()))
     }
 
     pub fn set_hosts(&self, hosts: HostAccess) {
@@ -151,13 +178,19 @@ impl Subsystem {
     }
 
     pub fn namespaces(&self) -> Vec<Arc<Namespace>> {
-        self.namespaces.read().map(|m| m.values().cloned().collect()).unwrap_or_default()
+        self.namespaces
+            .read()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Adds or replaces a namespace and tells connected controllers.
     pub fn add_namespace(&self, ns: &NamespaceConfig) -> Result<(), String> {
         if ns.nsid == 0 || ns.nsid > MAX_NSID {
-            return Err(format!("namespace ID {} is outside 1..={MAX_NSID}", ns.nsid));
+            return Err(format!(
+                "namespace ID {} is outside 1..={MAX_NSID}",
+                ns.nsid
+            ));
         }
         self.namespaces
             .write()
@@ -169,7 +202,11 @@ impl Subsystem {
 
     /// Removes a namespace and tells connected controllers. Returns whether it existed.
     pub fn remove_namespace(&self, nsid: u32) -> bool {
-        let removed = self.namespaces.write().map(|mut m| m.remove(&nsid).is_some()).unwrap_or(false);
+        let removed = self
+            .namespaces
+            .write()
+            .map(|mut m| m.remove(&nsid).is_some())
+            .unwrap_or(false);
         if removed {
             self.notify_namespace_changed(nsid);
         }
@@ -192,7 +229,10 @@ impl Subsystem {
     }
 
     /// Allocates a controller ID and registers the controller built with it.
-    pub fn register_controller(&self, make: impl FnOnce(u16) -> Arc<Controller>) -> Option<Arc<Controller>> {
+    pub fn register_controller(
+        &self,
+        make: impl FnOnce(u16) -> Arc<Controller>,
+    ) -> Option<Arc<Controller>> {
         let mut t = self.controllers.lock().ok()?;
         t.live.retain(|_, w| w.strong_count() > 0);
         if t.live.len() >= 0xFFEF {
@@ -219,6 +259,9 @@ impl Subsystem {
     }
 
     pub fn controllers(&self) -> Vec<Arc<Controller>> {
-        self.controllers.lock().map(|t| t.live.values().filter_map(Weak::upgrade).collect()).unwrap_or_default()
+        self.controllers
+            .lock()
+            .map(|t| t.live.values().filter_map(Weak::upgrade).collect())
+            .unwrap_or_default()
     }
 }

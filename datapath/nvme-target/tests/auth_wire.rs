@@ -16,10 +16,14 @@ use ferrite_protocol::auth::{
 use ferrite_protocol::command::{RwCommand, SglDescriptor, Sqe, admin_opcode, io_opcode};
 use ferrite_protocol::completion::Cqe;
 use ferrite_protocol::dhchap::{HashId, ResponseInput, Secret, host_response};
-use ferrite_protocol::fabrics::{CNTLID_DYNAMIC, ConnectCommand, ConnectData, PropertyCommand, property};
+use ferrite_protocol::fabrics::{
+    CNTLID_DYNAMIC, ConnectCommand, ConnectData, PropertyCommand, property,
+};
 use ferrite_protocol::pdu::{Digests, ICReq, PduHeader, decode_pdu, encode_pdu};
 use ferrite_protocol::status::Status;
-use ferrite_target::{DhchapKeys, HostAccess, HostKeys, NamespaceConfig, SubsystemConfig, Target, TargetOptions};
+use ferrite_target::{
+    DhchapKeys, HostAccess, HostKeys, NamespaceConfig, SubsystemConfig, Target, TargetOptions,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -42,7 +46,10 @@ async fn target(options: TargetOptions) -> (Arc<Target>, SocketAddr) {
         SubsystemConfig {
             nqn: NQN.into(),
             hosts: HostAccess::Only(vec![HOST.into(), OTHER.into()]),
-            namespaces: vec![NamespaceConfig { nsid: 1, device: dev }],
+            namespaces: vec![NamespaceConfig {
+                nsid: 1,
+                device: dev,
+            }],
         },
         keys,
     )
@@ -60,8 +67,21 @@ struct Raw {
 
 impl Raw {
     async fn open(addr: SocketAddr) -> Raw {
-        let mut r = Raw { s: TcpStream::connect(addr).await.unwrap(), buf: Vec::new(), digests: None };
-        r.send(PduHeader::ICReq(ICReq { pfv: 0, hpda: 0, digests: Digests::NONE, maxr2t: 0 }), &[]).await;
+        let mut r = Raw {
+            s: TcpStream::connect(addr).await.unwrap(),
+            buf: Vec::new(),
+            digests: None,
+        };
+        r.send(
+            PduHeader::ICReq(ICReq {
+                pfv: 0,
+                hpda: 0,
+                digests: Digests::NONE,
+                maxr2t: 0,
+            }),
+            &[],
+        )
+        .await;
         assert!(matches!(r.recv().await, Some((PduHeader::ICResp(_), _))));
         r.digests = Some(Digests::NONE);
         r
@@ -81,7 +101,10 @@ impl Raw {
                 return Some(out);
             }
             let mut chunk = [0u8; 8192];
-            let n = tokio::time::timeout(Duration::from_secs(5), self.s.read(&mut chunk)).await.ok()?.ok()?;
+            let n = tokio::time::timeout(Duration::from_secs(5), self.s.read(&mut chunk))
+                .await
+                .ok()?
+                .ok()?;
             if n == 0 {
                 return None;
             }
@@ -104,8 +127,21 @@ impl Raw {
 
     async fn connect(&mut self, qid: u16, cntlid: u16, hostnqn: &str) -> Cqe {
         let sqsize = if qid == 0 { 31 } else { 127 };
-        let mut sqe = ConnectCommand { recfmt: 0, qid, sqsize, cattr: 0, kato: 0 }.to_sqe(1);
-        let data = ConnectData { hostid: [1; 16], cntlid, subnqn: NQN.into(), hostnqn: hostnqn.into() }.encode();
+        let mut sqe = ConnectCommand {
+            recfmt: 0,
+            qid,
+            sqsize,
+            cattr: 0,
+            kato: 0,
+        }
+        .to_sqe(1);
+        let data = ConnectData {
+            hostid: [1; 16],
+            cntlid,
+            subnqn: NQN.into(),
+            hostnqn: hostnqn.into(),
+        }
+        .encode();
         sqe.dptr = SglDescriptor::in_capsule(data.len() as u32);
         self.command(sqe, &data).await.expect("connect response").0
     }
@@ -133,7 +169,13 @@ impl Raw {
             hashes: vec![1],
             dh_groups: vec![0],
         });
-        assert!(self.auth_send(&n.encode().unwrap()).await.unwrap().status.is_success());
+        assert!(
+            self.auth_send(&n.encode().unwrap())
+                .await
+                .unwrap()
+                .status
+                .is_success()
+        );
     }
 
     /// Runs the whole transaction (null group) with `key`; returns the final message.
@@ -141,7 +183,9 @@ impl Raw {
         self.negotiate(qid_t_id).await;
         let (c, data) = self.auth_receive(4096).await.unwrap();
         assert!(c.status.is_success(), "{:?}", c.status);
-        let AuthMessage::Challenge(ch) = AuthMessage::decode(&data).unwrap() else { panic!("challenge") };
+        let AuthMessage::Challenge(ch) = AuthMessage::decode(&data).unwrap() else {
+            panic!("challenge")
+        };
         let response = host_response(
             key,
             &ResponseInput {
@@ -154,8 +198,20 @@ impl Raw {
                 subnqn: NQN,
             },
         );
-        let r = AuthMessage::Reply(Reply { t_id: qid_t_id, response, challenge: None, seqnum: 0, dh_value: vec![] });
-        assert!(self.auth_send(&r.encode().unwrap()).await.unwrap().status.is_success());
+        let r = AuthMessage::Reply(Reply {
+            t_id: qid_t_id,
+            response,
+            challenge: None,
+            seqnum: 0,
+            dh_value: vec![],
+        });
+        assert!(
+            self.auth_send(&r.encode().unwrap())
+                .await
+                .unwrap()
+                .status
+                .is_success()
+        );
         let (c, data) = self.auth_receive(4096).await.unwrap();
         assert!(c.status.is_success());
         AuthMessage::decode(&data).unwrap()
@@ -175,11 +231,22 @@ impl Raw {
 }
 
 fn property_get(cid: u16) -> Sqe {
-    PropertyCommand { size: 8, offset: property::CAP, value: 0 }.to_sqe(cid, false)
+    PropertyCommand {
+        size: 8,
+        offset: property::CAP,
+        value: 0,
+    }
+    .to_sqe(cid, false)
 }
 
 fn identify(cid: u16) -> Sqe {
-    Sqe { opcode: admin_opcode::IDENTIFY, cid, cdw10: 1, dptr: SglDescriptor::transport(4096), ..Default::default() }
+    Sqe {
+        opcode: admin_opcode::IDENTIFY,
+        cid,
+        cdw10: 1,
+        dptr: SglDescriptor::transport(4096),
+        ..Default::default()
+    }
 }
 
 #[tokio::test]
@@ -188,7 +255,11 @@ async fn commands_before_authentication_are_refused_on_admin_and_io_queues() {
     let mut admin = Raw::open(addr).await;
     let c = admin.connect(0, CNTLID_DYNAMIC, HOST).await;
     assert!(c.status.is_success());
-    assert_ne!(c.result & CONNECT_AUTHREQ_ATR, 0, "the Connect response asks for authentication");
+    assert_ne!(
+        c.result & CONNECT_AUTHREQ_ATR,
+        0,
+        "the Connect response asks for authentication"
+    );
     let cntlid = (c.result & 0xffff) as u16;
     for sqe in [property_get(2), identify(3)] {
         let (c, data) = admin.command(sqe, &[]).await.unwrap();
@@ -196,9 +267,25 @@ async fn commands_before_authentication_are_refused_on_admin_and_io_queues() {
         assert!(data.is_empty(), "no data before authentication");
     }
     let done = admin.authenticate(&secret(), 1).await;
-    assert!(matches!(done, AuthMessage::Success1(ref s) if s.response.is_none() && s.hl == 32), "{done:?}");
-    assert!(admin.command(property_get(4), &[]).await.unwrap().0.status.is_success());
-    let en = PropertyCommand { size: 4, offset: property::CC, value: 0x0046_0001 }.to_sqe(5, true);
+    assert!(
+        matches!(done, AuthMessage::Success1(ref s) if s.response.is_none() && s.hl == 32),
+        "{done:?}"
+    );
+    assert!(
+        admin
+            .command(property_get(4), &[])
+            .await
+            .unwrap()
+            .0
+            .status
+            .is_success()
+    );
+    let en = PropertyCommand {
+        size: 4,
+        offset: property::CC,
+        value: 0x0046_0001,
+    }
+    .to_sqe(5, true);
     assert!(admin.command(en, &[]).await.unwrap().0.status.is_success());
 
     // An I/O queue of the authenticated controller must authenticate too.
@@ -206,13 +293,26 @@ async fn commands_before_authentication_are_refused_on_admin_and_io_queues() {
     let c = io.connect(1, cntlid, HOST).await;
     assert!(c.status.is_success());
     assert_ne!(c.result & CONNECT_AUTHREQ_ATR, 0);
-    let mut read =
-        Sqe { opcode: io_opcode::READ, cid: 9, nsid: 1, dptr: SglDescriptor::transport(4096), ..Default::default() };
-    RwCommand { slba: 0, nlb: 1, fua: false }.apply(&mut read);
+    let mut read = Sqe {
+        opcode: io_opcode::READ,
+        cid: 9,
+        nsid: 1,
+        dptr: SglDescriptor::transport(4096),
+        ..Default::default()
+    };
+    RwCommand {
+        slba: 0,
+        nlb: 1,
+        fua: false,
+    }
+    .apply(&mut read);
     let (c, data) = io.command(read, &[]).await.unwrap();
     assert_eq!(c.status, Status::AUTH_REQUIRED);
     assert!(data.is_empty());
-    assert!(matches!(io.authenticate(&secret(), 2).await, AuthMessage::Success1(_)));
+    assert!(matches!(
+        io.authenticate(&secret(), 2).await,
+        AuthMessage::Success1(_)
+    ));
     let (c, data) = io.command(read, &[]).await.unwrap();
     assert!(c.status.is_success());
     assert_eq!(data.len(), 4096);
@@ -222,7 +322,15 @@ async fn commands_before_authentication_are_refused_on_admin_and_io_queues() {
     let c = other.connect(0, CNTLID_DYNAMIC, OTHER).await;
     assert!(c.status.is_success());
     assert_eq!(c.result & CONNECT_AUTHREQ_ATR, 0);
-    assert!(other.command(property_get(2), &[]).await.unwrap().0.status.is_success());
+    assert!(
+        other
+            .command(property_get(2), &[])
+            .await
+            .unwrap()
+            .0
+            .status
+            .is_success()
+    );
     t.shutdown().await;
 }
 
@@ -237,7 +345,10 @@ async fn a_wrong_secret_gets_failure1_and_the_connection_closes() {
         matches!(m, AuthMessage::Failure(f) if f.auth_id == msg::FAILURE1 && f.rescode_exp == failure::FAILED),
         "{m:?}"
     );
-    assert!(admin.closed_within(Duration::from_secs(3)).await, "the failed queue is closed");
+    assert!(
+        admin.closed_within(Duration::from_secs(3)).await,
+        "the failed queue is closed"
+    );
     t.shutdown().await;
 }
 
@@ -249,15 +360,28 @@ async fn malformed_and_oversized_messages_get_errors_not_a_crash() {
     let mut q = Raw::open(addr).await;
     q.connect(0, CNTLID_DYNAMIC, HOST).await;
     let big = vec![0u8; 6000];
-    assert_eq!(q.auth_send(&big).await.unwrap().status, Status::INVALID_FIELD);
+    assert_eq!(
+        q.auth_send(&big).await.unwrap().status,
+        Status::INVALID_FIELD
+    );
     // TL that differs from the data length.
     let mut sqe = AuthCommand::dhchap(100).to_sqe(true);
     sqe.dptr = SglDescriptor::in_capsule(72);
-    assert_eq!(q.command(sqe, &[0u8; 72]).await.unwrap().0.status, Status::INVALID_FIELD);
+    assert_eq!(
+        q.command(sqe, &[0u8; 72]).await.unwrap().0.status,
+        Status::INVALID_FIELD
+    );
     // Another security protocol.
-    let mut sqe = AuthCommand { secp: 0xEA, ..AuthCommand::dhchap(72) }.to_sqe(true);
+    let mut sqe = AuthCommand {
+        secp: 0xEA,
+        ..AuthCommand::dhchap(72)
+    }
+    .to_sqe(true);
     sqe.dptr = SglDescriptor::in_capsule(72);
-    assert_eq!(q.command(sqe, &[0u8; 72]).await.unwrap().0.status, Status::INVALID_FIELD);
+    assert_eq!(
+        q.command(sqe, &[0u8; 72]).await.unwrap().0.status,
+        Status::INVALID_FIELD
+    );
     // A Reply claiming HL 255 and a 64 KiB DH value in 16 bytes: the Send completes, the
     // Receive explains (Failure1, incorrect payload), and the connection ends.
     q.negotiate(3).await;
@@ -271,7 +395,10 @@ async fn malformed_and_oversized_messages_get_errors_not_a_crash() {
     let (c, data) = q.auth_receive(4096).await.unwrap();
     assert!(c.status.is_success());
     let m = AuthMessage::decode(&data).unwrap();
-    assert!(matches!(m, AuthMessage::Failure(f) if f.rescode_exp == failure::INCORRECT_PAYLOAD), "{m:?}");
+    assert!(
+        matches!(m, AuthMessage::Failure(f) if f.rescode_exp == failure::INCORRECT_PAYLOAD),
+        "{m:?}"
+    );
     assert!(q.closed_within(Duration::from_secs(3)).await);
 
     // A Receive too small for the challenge.
@@ -301,7 +428,11 @@ async fn malformed_and_oversized_messages_get_errors_not_a_crash() {
         }
         assert!(q.auth_send(&b).await.unwrap().status.is_success());
         let (c, data) = q.auth_receive(4096).await.unwrap();
-        assert!(c.status.is_success() || c.status == Status::COMMAND_SEQUENCE_ERROR, "{:?}", c.status);
+        assert!(
+            c.status.is_success() || c.status == Status::COMMAND_SEQUENCE_ERROR,
+            "{:?}",
+            c.status
+        );
         if !data.is_empty() {
             assert!(AuthMessage::decode(&data).is_ok());
         }
@@ -310,13 +441,20 @@ async fn malformed_and_oversized_messages_get_errors_not_a_crash() {
     // The target still serves everyone.
     let mut ok = Raw::open(addr).await;
     ok.connect(0, CNTLID_DYNAMIC, HOST).await;
-    assert!(matches!(ok.authenticate(&secret(), 9).await, AuthMessage::Success1(_)));
+    assert!(matches!(
+        ok.authenticate(&secret(), 9).await,
+        AuthMessage::Success1(_)
+    ));
     t.shutdown().await;
 }
 
 #[tokio::test]
 async fn a_queue_that_does_not_authenticate_in_time_is_closed() {
-    let (t, addr) = target(TargetOptions { auth_timeout: Duration::from_millis(1000), ..Default::default() }).await;
+    let (t, addr) = target(TargetOptions {
+        auth_timeout: Duration::from_millis(1000),
+        ..Default::default()
+    })
+    .await;
     // Silent after Connect.
     let mut silent = Raw::open(addr).await;
     silent.connect(0, CNTLID_DYNAMIC, HOST).await;
@@ -335,8 +473,18 @@ async fn a_queue_that_does_not_authenticate_in_time_is_closed() {
     // A host that authenticates in time stays.
     let mut good = Raw::open(addr).await;
     good.connect(0, CNTLID_DYNAMIC, HOST).await;
-    assert!(matches!(good.authenticate(&secret(), 1).await, AuthMessage::Success1(_)));
+    assert!(matches!(
+        good.authenticate(&secret(), 1).await,
+        AuthMessage::Success1(_)
+    ));
     tokio::time::sleep(Duration::from_millis(1300)).await;
-    assert!(good.command(property_get(3), &[]).await.unwrap().0.status.is_success());
+    assert!(
+        good.command(property_get(3), &[])
+            .await
+            .unwrap()
+            .0
+            .status
+            .is_success()
+    );
     t.shutdown().await;
 }

@@ -12,11 +12,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferrite_block::RamDevice;
-use ferrite_protocol::command::{GetLogPageCommand, RwCommand, SglDescriptor, Sqe, admin_opcode, io_opcode};
+use ferrite_protocol::command::{
+    GetLogPageCommand, RwCommand, SglDescriptor, Sqe, admin_opcode, io_opcode,
+};
 use ferrite_protocol::completion::Cqe;
-use ferrite_protocol::fabrics::{CNTLID_DYNAMIC, ConnectCommand, ConnectData, PropertyCommand, property};
+use ferrite_protocol::fabrics::{
+    CNTLID_DYNAMIC, ConnectCommand, ConnectData, PropertyCommand, property,
+};
 use ferrite_protocol::nqn::DISCOVERY_NQN;
-use ferrite_protocol::pdu::{CommonHeader, Digests, ICReq, PduHeader, PduType, decode_pdu, encode_pdu, fes};
+use ferrite_protocol::pdu::{
+    CommonHeader, Digests, ICReq, PduHeader, PduType, decode_pdu, encode_pdu, fes,
+};
 use ferrite_protocol::status::Status;
 use ferrite_target::{HostAccess, NamespaceConfig, SubsystemConfig, Target, TargetOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -48,7 +54,10 @@ async fn target(options: TargetOptions) -> (Arc<Target>, SocketAddr) {
     t.add_subsystem(SubsystemConfig {
         nqn: NQN.into(),
         hosts: HostAccess::Only(vec![HOST.into(), GOOD_HOST.into()]),
-        namespaces: vec![NamespaceConfig { nsid: 1, device: dev }],
+        namespaces: vec![NamespaceConfig {
+            nsid: 1,
+            device: dev,
+        }],
     })
     .unwrap();
     let addr = t.listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
@@ -75,7 +84,10 @@ struct Raw {
 
 impl Raw {
     async fn open(addr: SocketAddr) -> Raw {
-        Raw { s: TcpStream::connect(addr).await.unwrap(), buf: Vec::new() }
+        Raw {
+            s: TcpStream::connect(addr).await.unwrap(),
+            buf: Vec::new(),
+        }
     }
 
     async fn send(&mut self, h: PduHeader, data: &[u8]) {
@@ -93,7 +105,10 @@ impl Raw {
                 return Some(out);
             }
             let mut chunk = vec![0u8; 65536];
-            let n = tokio::time::timeout(Duration::from_secs(5), self.s.read(&mut chunk)).await.ok()?.ok()?;
+            let n = tokio::time::timeout(Duration::from_secs(5), self.s.read(&mut chunk))
+                .await
+                .ok()?
+                .ok()?;
             if n == 0 {
                 return None;
             }
@@ -102,7 +117,16 @@ impl Raw {
     }
 
     async fn initialize(&mut self) {
-        self.send(PduHeader::ICReq(ICReq { pfv: 0, hpda: 0, digests: Digests::NONE, maxr2t: 0 }), &[]).await;
+        self.send(
+            PduHeader::ICReq(ICReq {
+                pfv: 0,
+                hpda: 0,
+                digests: Digests::NONE,
+                maxr2t: 0,
+            }),
+            &[],
+        )
+        .await;
         let mut resp = [0u8; 128];
         self.s.read_exact(&mut resp).await.unwrap();
         assert_eq!(resp[0], PduType::ICResp as u8);
@@ -121,9 +145,29 @@ impl Raw {
         }
     }
 
-    async fn connect_queue(&mut self, qid: u16, sqsize: u16, cntlid: u16, subnqn: &str, hostnqn: &str) -> Cqe {
-        let mut sqe = ConnectCommand { recfmt: 0, qid, sqsize, cattr: 0, kato: 0 }.to_sqe(1);
-        let data = ConnectData { hostid: [1; 16], cntlid, subnqn: subnqn.into(), hostnqn: hostnqn.into() }.encode();
+    async fn connect_queue(
+        &mut self,
+        qid: u16,
+        sqsize: u16,
+        cntlid: u16,
+        subnqn: &str,
+        hostnqn: &str,
+    ) -> Cqe {
+        let mut sqe = ConnectCommand {
+            recfmt: 0,
+            qid,
+            sqsize,
+            cattr: 0,
+            kato: 0,
+        }
+        .to_sqe(1);
+        let data = ConnectData {
+            hostid: [1; 16],
+            cntlid,
+            subnqn: subnqn.into(),
+            hostnqn: hostnqn.into(),
+        }
+        .encode();
         sqe.dptr = SglDescriptor::in_capsule(data.len() as u32);
         self.command(sqe, &data).await.0
     }
@@ -132,9 +176,16 @@ impl Raw {
     async fn admin(addr: SocketAddr, subnqn: &str, hostnqn: &str) -> (Raw, u16) {
         let mut r = Raw::open(addr).await;
         r.initialize().await;
-        let c = r.connect_queue(0, 31, CNTLID_DYNAMIC, subnqn, hostnqn).await;
+        let c = r
+            .connect_queue(0, 31, CNTLID_DYNAMIC, subnqn, hostnqn)
+            .await;
         assert!(c.status.is_success(), "admin connect: {}", c.status);
-        let en = PropertyCommand { size: 4, offset: property::CC, value: 0x0046_0001 }.to_sqe(2, true);
+        let en = PropertyCommand {
+            size: 4,
+            offset: property::CC,
+            value: 0x0046_0001,
+        }
+        .to_sqe(2, true);
         assert!(r.command(en, &[]).await.0.status.is_success());
         (r, c.result as u16)
     }
@@ -175,12 +226,29 @@ impl Raw {
 }
 
 fn identify_controller(cid: u16, len: u32) -> Sqe {
-    Sqe { opcode: admin_opcode::IDENTIFY, cid, cdw10: 1, dptr: SglDescriptor::transport(len), ..Default::default() }
+    Sqe {
+        opcode: admin_opcode::IDENTIFY,
+        cid,
+        cdw10: 1,
+        dptr: SglDescriptor::transport(len),
+        ..Default::default()
+    }
 }
 
 fn rw(opcode: u8, cid: u16, slba: u64, nlb: u32, sgl: SglDescriptor) -> Sqe {
-    let mut sqe = Sqe { opcode, cid, nsid: 1, dptr: sgl, ..Default::default() };
-    RwCommand { slba, nlb, fua: false }.apply(&mut sqe);
+    let mut sqe = Sqe {
+        opcode,
+        cid,
+        nsid: 1,
+        dptr: sgl,
+        ..Default::default()
+    };
+    RwCommand {
+        slba,
+        nlb,
+        fua: false,
+    }
+    .apply(&mut sqe);
     sqe
 }
 
@@ -193,18 +261,37 @@ async fn four_gib_sgl_lengths_get_an_error_and_allocate_nothing() {
     let (t, addr) = target(TargetOptions::default()).await;
     let before = rss_bytes();
 
-    let (mut disc, _) =
-        Raw::admin(addr, DISCOVERY_NQN, "nqn.2014-08.org.nvmexpress:uuid:0badbad0-0000-0000-0000-000000000000").await;
+    let (mut disc, _) = Raw::admin(
+        addr,
+        DISCOVERY_NQN,
+        "nqn.2014-08.org.nvmexpress:uuid:0badbad0-0000-0000-0000-000000000000",
+    )
+    .await;
     for cid in 10..30u16 {
         let (c, data) = disc.command(identify_controller(cid, HUGE), &[]).await;
         assert_eq!(c.status, Status::INVALID_FIELD, "Identify with a 4 GiB SGL");
         assert!(data.is_empty(), "no data sent for a refused command");
     }
     // Get Log Page: NUMD for 16 GiB and a 4 GiB SGL; NUMD beyond MDTS with a small SGL.
-    let mut glp =
-        Sqe { opcode: admin_opcode::GET_LOG_PAGE, cid: 40, dptr: SglDescriptor::transport(HUGE), ..Default::default() };
-    GetLogPageCommand { lid: 0x70, lsp: 0, rae: false, len: 1 << 34, offset: 0 }.apply(&mut glp);
-    assert_eq!(disc.command(glp, &[]).await.0.status, Status::INVALID_FIELD, "Get Log Page with a 4 GiB SGL");
+    let mut glp = Sqe {
+        opcode: admin_opcode::GET_LOG_PAGE,
+        cid: 40,
+        dptr: SglDescriptor::transport(HUGE),
+        ..Default::default()
+    };
+    GetLogPageCommand {
+        lid: 0x70,
+        lsp: 0,
+        rae: false,
+        len: 1 << 34,
+        offset: 0,
+    }
+    .apply(&mut glp);
+    assert_eq!(
+        disc.command(glp, &[]).await.0.status,
+        Status::INVALID_FIELD,
+        "Get Log Page with a 4 GiB SGL"
+    );
     // A valid Identify still works on the same connection.
     let (c, data) = disc.command(identify_controller(41, 4096), &[]).await;
     assert!(c.status.is_success());
@@ -214,28 +301,73 @@ async fn four_gib_sgl_lengths_get_an_error_and_allocate_nothing() {
     let (_admin, cntlid) = Raw::admin(addr, NQN, HOST).await;
     let mut q = Raw::io_queue(addr, 1, 127, cntlid, HOST).await;
     for cid in 0..10u16 {
-        let (c, d) = q.command(rw(io_opcode::READ, cid, 0, 1, SglDescriptor::transport(HUGE)), &[]).await;
+        let (c, d) = q
+            .command(
+                rw(io_opcode::READ, cid, 0, 1, SglDescriptor::transport(HUGE)),
+                &[],
+            )
+            .await;
         assert_eq!(c.status, Status::INVALID_FIELD, "read with a 4 GiB SGL");
         assert!(d.is_empty());
         // A write whose data would come by R2T: refused without an R2T (the next PDU is the
         // response).
-        let (c, _) = q.command(rw(io_opcode::WRITE, 100 + cid, 0, 65536, SglDescriptor::transport(HUGE)), &[]).await;
+        let (c, _) = q
+            .command(
+                rw(
+                    io_opcode::WRITE,
+                    100 + cid,
+                    0,
+                    65536,
+                    SglDescriptor::transport(HUGE),
+                ),
+                &[],
+            )
+            .await;
         assert_eq!(c.status, Status::INVALID_FIELD, "write with a 4 GiB SGL");
     }
     // NLB beyond MDTS with an SGL within it.
-    let (c, _) = q.command(rw(io_opcode::READ, 200, 0, 65536, SglDescriptor::transport(128 << 10)), &[]).await;
+    let (c, _) = q
+        .command(
+            rw(
+                io_opcode::READ,
+                200,
+                0,
+                65536,
+                SglDescriptor::transport(128 << 10),
+            ),
+            &[],
+        )
+        .await;
     assert_eq!(c.status, Status::INVALID_FIELD, "NLB beyond MDTS");
     // In-capsule SGL claiming more than the capsule carries.
-    let (c, _) = q.command(rw(io_opcode::WRITE, 201, 0, 1, SglDescriptor::in_capsule(HUGE)), &[0u8; 4096]).await;
+    let (c, _) = q
+        .command(
+            rw(io_opcode::WRITE, 201, 0, 1, SglDescriptor::in_capsule(HUGE)),
+            &[0u8; 4096],
+        )
+        .await;
     assert_eq!(c.status, Status::INVALID_FIELD, "in-capsule SGL of 4 GiB");
-    let (c, d) = q.command(rw(io_opcode::READ, 202, 0, 1, SglDescriptor::transport(4096)), &[]).await;
+    let (c, d) = q
+        .command(
+            rw(io_opcode::READ, 202, 0, 1, SglDescriptor::transport(4096)),
+            &[],
+        )
+        .await;
     assert!(c.status.is_success());
     assert_eq!(d.len(), 4096);
 
     let after = rss_bytes();
     let grown = after.saturating_sub(before);
-    println!("RSS before {} KiB, after {} KiB, grown {} KiB", before >> 10, after >> 10, grown >> 10);
-    assert!(grown < RSS_BOUND, "the target grew by {grown} bytes under 4 GiB SGL lengths");
+    println!(
+        "RSS before {} KiB, after {} KiB, grown {} KiB",
+        before >> 10,
+        after >> 10,
+        grown >> 10
+    );
+    assert!(
+        grown < RSS_BOUND,
+        "the target grew by {grown} bytes under 4 GiB SGL lengths"
+    );
     assert!(t.stats().oversized_commands >= 42, "{:?}", t.stats());
 }
 
@@ -260,9 +392,23 @@ async fn a_host_that_never_reads_is_disconnected_while_others_keep_working() {
         let mut sent = 0u32;
         for round in 0..8u16 {
             for cid in 0..128u16 {
-                let sqe = rw(io_opcode::READ, cid, u64::from(cid % 64) * 32, 32, SglDescriptor::transport(128 << 10));
+                let sqe = rw(
+                    io_opcode::READ,
+                    cid,
+                    u64::from(cid % 64) * 32,
+                    32,
+                    SglDescriptor::transport(128 << 10),
+                );
                 let mut out = Vec::new();
-                encode_pdu(&PduHeader::CapsuleCmd(Sqe { cid: cid + round * 128, ..sqe }), &[], Digests::NONE, &mut out);
+                encode_pdu(
+                    &PduHeader::CapsuleCmd(Sqe {
+                        cid: cid + round * 128,
+                        ..sqe
+                    }),
+                    &[],
+                    Digests::NONE,
+                    &mut out,
+                );
                 if slow.s.write_all(&out).await.is_err() {
                     return (slow, sent);
                 }
@@ -280,21 +426,38 @@ async fn a_host_that_never_reads_is_disconnected_while_others_keep_working() {
     while start.elapsed() < Duration::from_millis(1500) {
         let i = (ios % 256) as u16;
         let payload = vec![i as u8; 4096];
-        let w = rw(io_opcode::WRITE, i, 1000 + u64::from(i), 1, SglDescriptor::in_capsule(4096));
+        let w = rw(
+            io_opcode::WRITE,
+            i,
+            1000 + u64::from(i),
+            1,
+            SglDescriptor::in_capsule(4096),
+        );
         let (c, _) = tokio::time::timeout(Duration::from_secs(1), good.command(w, &payload))
             .await
             .expect("good host not stalled");
         assert!(c.status.is_success());
-        let r = rw(io_opcode::READ, i, 1000 + u64::from(i), 1, SglDescriptor::transport(4096));
-        let (c, d) =
-            tokio::time::timeout(Duration::from_secs(1), good.command(r, &[])).await.expect("good host not stalled");
+        let r = rw(
+            io_opcode::READ,
+            i,
+            1000 + u64::from(i),
+            1,
+            SglDescriptor::transport(4096),
+        );
+        let (c, d) = tokio::time::timeout(Duration::from_secs(1), good.command(r, &[]))
+            .await
+            .expect("good host not stalled");
         assert!(c.status.is_success());
         assert_eq!(d, payload);
         ios += 1;
         peak = peak.max(rss_bytes());
     }
     assert!(ios > 50, "the good host did only {ios} I/Os");
-    assert!(eventually(Duration::from_secs(3), || t.stats().drain_timeouts >= 1).await, "{:?}", t.stats());
+    assert!(
+        eventually(Duration::from_secs(3), || t.stats().drain_timeouts >= 1).await,
+        "{:?}",
+        t.stats()
+    );
     let (mut slow, sent) = flood.await.unwrap();
     let (closed, _) = slow.closed_within(Duration::from_secs(5)).await;
     assert!(closed, "the slow host's connection was not closed");
@@ -321,7 +484,13 @@ async fn exceeding_the_queue_size_is_terminated() {
     let mut q = Raw::io_queue(addr, 1, 3, cntlid, HOST).await;
     for cid in 0..4u16 {
         q.send(
-            PduHeader::CapsuleCmd(rw(io_opcode::WRITE, cid, u64::from(cid), 1, SglDescriptor::transport(4096))),
+            PduHeader::CapsuleCmd(rw(
+                io_opcode::WRITE,
+                cid,
+                u64::from(cid),
+                1,
+                SglDescriptor::transport(4096),
+            )),
             &[],
         )
         .await;
@@ -330,7 +499,17 @@ async fn exceeding_the_queue_size_is_terminated() {
             other => panic!("expected an R2T, got {other:?}"),
         }
     }
-    q.send(PduHeader::CapsuleCmd(rw(io_opcode::WRITE, 4, 4, 1, SglDescriptor::transport(4096))), &[]).await;
+    q.send(
+        PduHeader::CapsuleCmd(rw(
+            io_opcode::WRITE,
+            4,
+            4,
+            1,
+            SglDescriptor::transport(4096),
+        )),
+        &[],
+    )
+    .await;
     let (closed, term) = q.closed_within(Duration::from_secs(3)).await;
     assert!(closed);
     assert_eq!(term, Some(fes::PDU_SEQUENCE_ERROR));
@@ -340,11 +519,24 @@ async fn exceeding_the_queue_size_is_terminated() {
 /// An R2T whose data never comes: the connection is closed after the data timeout.
 #[tokio::test]
 async fn r2t_data_that_never_comes_times_out() {
-    let options = TargetOptions { data_timeout: Duration::from_millis(300), ..Default::default() };
+    let options = TargetOptions {
+        data_timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
     let (t, addr) = target(options).await;
     let (_admin, cntlid) = Raw::admin(addr, NQN, HOST).await;
     let mut q = Raw::io_queue(addr, 1, 31, cntlid, HOST).await;
-    q.send(PduHeader::CapsuleCmd(rw(io_opcode::WRITE, 1, 0, 1, SglDescriptor::transport(4096))), &[]).await;
+    q.send(
+        PduHeader::CapsuleCmd(rw(
+            io_opcode::WRITE,
+            1,
+            0,
+            1,
+            SglDescriptor::transport(4096),
+        )),
+        &[],
+    )
+    .await;
     assert!(matches!(q.recv().await, Some((PduHeader::R2T(_), _))));
     let started = Instant::now();
     let (closed, _) = q.closed_within(Duration::from_secs(3)).await;
@@ -371,14 +563,26 @@ async fn idle_connections_time_out_and_the_address_limit_refuses_extras() {
     for _ in 0..100 {
         idle.push(Raw::open(addr).await);
     }
-    assert!(eventually(Duration::from_secs(1), || t.stats().connections_active == 100).await, "{:?}", t.stats());
+    assert!(
+        eventually(Duration::from_secs(1), || t.stats().connections_active
+            == 100)
+        .await,
+        "{:?}",
+        t.stats()
+    );
     // The 101st from the same address is closed at once.
     let mut extra = Raw::open(addr).await;
     let (closed, _) = extra.closed_within(Duration::from_millis(500)).await;
-    assert!(closed, "the connection over the per-address limit was not refused");
+    assert!(
+        closed,
+        "the connection over the per-address limit was not refused"
+    );
     assert_eq!(t.stats().refused_address_limit, 1);
     let grown = rss_bytes().saturating_sub(before);
-    assert!(grown < RSS_BOUND, "100 idle connections grew the target by {grown} bytes");
+    assert!(
+        grown < RSS_BOUND,
+        "100 idle connections grew the target by {grown} bytes"
+    );
     // The idle ones are closed by the ICReq timeout.
     for r in &mut idle {
         let (closed, _) = r.closed_within(Duration::from_secs(3)).await;
@@ -401,7 +605,10 @@ async fn idle_connections_time_out_and_the_address_limit_refuses_extras() {
 /// The total limit refuses connections from any address beyond it.
 #[tokio::test]
 async fn the_total_limit_refuses_extras() {
-    let options = TargetOptions { max_connections: 4, ..Default::default() };
+    let options = TargetOptions {
+        max_connections: 4,
+        ..Default::default()
+    };
     let (t, addr) = target(options).await;
     let mut open = Vec::new();
     for _ in 0..4 {

@@ -10,7 +10,9 @@ use std::time::Duration;
 use ferrite_block::RamDevice;
 use ferrite_protocol::command::{RwCommand, SglDescriptor, Sqe, admin_opcode, io_opcode};
 use ferrite_protocol::completion::Cqe;
-use ferrite_protocol::fabrics::{CNTLID_DYNAMIC, ConnectCommand, ConnectData, PropertyCommand, property};
+use ferrite_protocol::fabrics::{
+    CNTLID_DYNAMIC, ConnectCommand, ConnectData, PropertyCommand, property,
+};
 use ferrite_protocol::pdu::{
     CommonHeader, DataHeader, Digests, ICReq, PduHeader, PduType, decode_pdu, encode_pdu, fes,
 };
@@ -29,7 +31,10 @@ async fn target() -> (Arc<Target>, SocketAddr) {
     t.add_subsystem(SubsystemConfig {
         nqn: NQN.into(),
         hosts: HostAccess::Only(vec![HOST.into()]),
-        namespaces: vec![NamespaceConfig { nsid: 1, device: dev }],
+        namespaces: vec![NamespaceConfig {
+            nsid: 1,
+            device: dev,
+        }],
     })
     .unwrap();
     let addr = t.listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
@@ -45,7 +50,11 @@ struct Raw {
 
 impl Raw {
     async fn open(addr: SocketAddr) -> Raw {
-        Raw { s: TcpStream::connect(addr).await.unwrap(), buf: Vec::new(), digests: None }
+        Raw {
+            s: TcpStream::connect(addr).await.unwrap(),
+            buf: Vec::new(),
+            digests: None,
+        }
     }
 
     async fn send_raw(&mut self, bytes: &[u8]) {
@@ -70,7 +79,10 @@ impl Raw {
                 return Some(out);
             }
             let mut chunk = [0u8; 8192];
-            let n = tokio::time::timeout(Duration::from_secs(5), self.s.read(&mut chunk)).await.ok()?.ok()?;
+            let n = tokio::time::timeout(Duration::from_secs(5), self.s.read(&mut chunk))
+                .await
+                .ok()?
+                .ok()?;
             if n == 0 {
                 return None;
             }
@@ -79,7 +91,16 @@ impl Raw {
     }
 
     async fn initialize(&mut self, digests: Digests) {
-        self.send(PduHeader::ICReq(ICReq { pfv: 0, hpda: 0, digests, maxr2t: 0 }), &[]).await;
+        self.send(
+            PduHeader::ICReq(ICReq {
+                pfv: 0,
+                hpda: 0,
+                digests,
+                maxr2t: 0,
+            }),
+            &[],
+        )
+        .await;
         let (h, _) = self.recv().await.expect("ICResp");
         match h {
             PduHeader::ICResp(r) => {
@@ -109,14 +130,32 @@ impl Raw {
 
     async fn connect_queue(&mut self, qid: u16, cntlid: u16, subnqn: &str, hostnqn: &str) -> Cqe {
         let sqsize = if qid == 0 { 31 } else { 127 };
-        let mut sqe = ConnectCommand { recfmt: 0, qid, sqsize, cattr: 0, kato: 0 }.to_sqe(1);
-        let data = ConnectData { hostid: [1; 16], cntlid, subnqn: subnqn.into(), hostnqn: hostnqn.into() }.encode();
+        let mut sqe = ConnectCommand {
+            recfmt: 0,
+            qid,
+            sqsize,
+            cattr: 0,
+            kato: 0,
+        }
+        .to_sqe(1);
+        let data = ConnectData {
+            hostid: [1; 16],
+            cntlid,
+            subnqn: subnqn.into(),
+            hostnqn: hostnqn.into(),
+        }
+        .encode();
         sqe.dptr = SglDescriptor::in_capsule(data.len() as u32);
         self.command(sqe, &data).await
     }
 
     async fn enable(&mut self) {
-        let en = PropertyCommand { size: 4, offset: property::CC, value: 0x0046_0001 }.to_sqe(2, true);
+        let en = PropertyCommand {
+            size: 4,
+            offset: property::CC,
+            value: 0x0046_0001,
+        }
+        .to_sqe(2, true);
         assert!(self.command(en, &[]).await.status.is_success());
     }
 
@@ -144,7 +183,11 @@ impl Raw {
             let len = (c.plen as usize).max(8).min(self.buf.len());
             self.buf.drain(..len);
         }
-        assert_eq!(got, Some(want_fes), "expected C2HTermReq with FES {want_fes:#x}");
+        assert_eq!(
+            got,
+            Some(want_fes),
+            "expected C2HTermReq with FES {want_fes:#x}"
+        );
     }
 }
 
@@ -152,7 +195,11 @@ async fn still_serves(addr: SocketAddr) {
     let mut r = Raw::open(addr).await;
     r.initialize(Digests::NONE).await;
     let c = r.connect_admin(NQN, HOST).await;
-    assert!(c.status.is_success(), "connect after a bad peer: {:?}", c.status);
+    assert!(
+        c.status.is_success(),
+        "connect after a bad peer: {:?}",
+        c.status
+    );
 }
 
 #[tokio::test]
@@ -160,7 +207,17 @@ async fn bad_icreq_is_terminated() {
     let (_t, addr) = target().await;
     let mut r = Raw::open(addr).await;
     let mut out = Vec::new();
-    encode_pdu(&PduHeader::ICReq(ICReq { pfv: 0, hpda: 0, digests: Digests::NONE, maxr2t: 0 }), &[], Digests::NONE, &mut out);
+    encode_pdu(
+        &PduHeader::ICReq(ICReq {
+            pfv: 0,
+            hpda: 0,
+            digests: Digests::NONE,
+            maxr2t: 0,
+        }),
+        &[],
+        Digests::NONE,
+        &mut out,
+    );
     out[8] = 7; // PFV 7
     r.send_raw(&out).await;
     r.expect_term(fes::UNSUPPORTED_PARAMETER).await;
@@ -172,7 +229,12 @@ async fn capsule_before_icreq_is_a_sequence_error() {
     let (_t, addr) = target().await;
     let mut r = Raw::open(addr).await;
     let mut out = Vec::new();
-    encode_pdu(&PduHeader::CapsuleCmd(Sqe::default()), &[], Digests::NONE, &mut out);
+    encode_pdu(
+        &PduHeader::CapsuleCmd(Sqe::default()),
+        &[],
+        Digests::NONE,
+        &mut out,
+    );
     r.send_raw(&out).await;
     r.expect_term(fes::PDU_SEQUENCE_ERROR).await;
 }
@@ -180,11 +242,19 @@ async fn capsule_before_icreq_is_a_sequence_error() {
 #[tokio::test]
 async fn wrong_hlen_and_unknown_type_are_terminated() {
     let (_t, addr) = target().await;
-    for (patch, want) in [((2usize, 71u8), fes::INVALID_HEADER_FIELD), ((0, 0x0b), fes::INVALID_HEADER_FIELD)] {
+    for (patch, want) in [
+        ((2usize, 71u8), fes::INVALID_HEADER_FIELD),
+        ((0, 0x0b), fes::INVALID_HEADER_FIELD),
+    ] {
         let mut r = Raw::open(addr).await;
         r.initialize(Digests::NONE).await;
         let mut out = Vec::new();
-        encode_pdu(&PduHeader::CapsuleCmd(Sqe::default()), &[], Digests::NONE, &mut out);
+        encode_pdu(
+            &PduHeader::CapsuleCmd(Sqe::default()),
+            &[],
+            Digests::NONE,
+            &mut out,
+        );
         out[patch.0] = patch.1;
         r.send_raw(&out).await;
         r.expect_term(want).await;
@@ -196,7 +266,10 @@ async fn wrong_hlen_and_unknown_type_are_terminated() {
 async fn header_digest_error_is_terminated() {
     let (_t, addr) = target().await;
     let mut r = Raw::open(addr).await;
-    let d = Digests { header: true, data: true };
+    let d = Digests {
+        header: true,
+        data: true,
+    };
     r.initialize(d).await;
     let mut out = Vec::new();
     encode_pdu(&PduHeader::CapsuleCmd(Sqe::default()), &[], d, &mut out);
@@ -212,7 +285,13 @@ async fn oversized_in_capsule_data_is_terminated() {
     let mut r = Raw::open(addr).await;
     r.initialize(Digests::NONE).await;
     // Claim a 1 MiB capsule: refused from the header alone, before reading the data.
-    let ch = CommonHeader { pdu_type: PduType::CapsuleCmd as u8, flags: 0, hlen: 72, pdo: 72, plen: 72 + (1 << 20) };
+    let ch = CommonHeader {
+        pdu_type: PduType::CapsuleCmd as u8,
+        flags: 0,
+        hlen: 72,
+        pdo: 72,
+        plen: 72 + (1 << 20),
+    };
     let mut out = ch.encode().to_vec();
     out.extend_from_slice(&Sqe::default().encode());
     r.send_raw(&out).await;
@@ -225,7 +304,14 @@ async fn h2c_data_for_unknown_tag_is_terminated() {
     let mut r = Raw::open(addr).await;
     r.initialize(Digests::NONE).await;
     assert!(r.connect_admin(NQN, HOST).await.status.is_success());
-    let dh = DataHeader { cccid: 9, ttag: 77, datao: 0, datal: 4, last: true, success: false };
+    let dh = DataHeader {
+        cccid: 9,
+        ttag: 77,
+        datao: 0,
+        datal: 4,
+        last: true,
+        success: false,
+    };
     r.send(PduHeader::H2CData(dh), b"data").await;
     r.expect_term(fes::INVALID_HEADER_FIELD).await;
 }
@@ -238,16 +324,41 @@ async fn connect_refusals() {
     let c = r.connect_admin("nqn.2024-01.dev.ferrite:nope", HOST).await;
     assert_eq!(c.status, Status::CONNECT_INVALID_PARAMETERS);
     assert_eq!(c.result, 0x0001_0100, "IATTR=data, IPO=256 (subnqn)");
-    let c = r.connect_admin(NQN, "nqn.2014-08.org.nvmexpress:uuid:99999999-2222-3333-4444-555555555555").await;
+    let c = r
+        .connect_admin(
+            NQN,
+            "nqn.2014-08.org.nvmexpress:uuid:99999999-2222-3333-4444-555555555555",
+        )
+        .await;
     assert_eq!(c.status, Status::CONNECT_INVALID_HOST);
     let c = r.connect_admin(NQN, "not-an-nqn").await;
     assert_eq!(c.status, Status::CONNECT_INVALID_PARAMETERS);
-    assert_eq!(t.controller_count(NQN), 0, "refused connects leave no controller");
+    assert_eq!(
+        t.controller_count(NQN),
+        0,
+        "refused connects leave no controller"
+    );
     // An I/O queue for a controller that does not exist.
-    let mut sqe = ConnectCommand { recfmt: 0, qid: 1, sqsize: 31, cattr: 0, kato: 0 }.to_sqe(2);
-    let data = ConnectData { hostid: [1; 16], cntlid: 4242, subnqn: NQN.into(), hostnqn: HOST.into() }.encode();
+    let mut sqe = ConnectCommand {
+        recfmt: 0,
+        qid: 1,
+        sqsize: 31,
+        cattr: 0,
+        kato: 0,
+    }
+    .to_sqe(2);
+    let data = ConnectData {
+        hostid: [1; 16],
+        cntlid: 4242,
+        subnqn: NQN.into(),
+        hostnqn: HOST.into(),
+    }
+    .encode();
     sqe.dptr = SglDescriptor::in_capsule(data.len() as u32);
-    assert_eq!(r.command(sqe, &data).await.status, Status::CONNECT_INVALID_PARAMETERS);
+    assert_eq!(
+        r.command(sqe, &data).await.status,
+        Status::CONNECT_INVALID_PARAMETERS
+    );
     // The connection is still usable after refusals.
     assert!(r.connect_admin(NQN, HOST).await.status.is_success());
 }
@@ -257,19 +368,57 @@ async fn commands_need_connect_and_enable() {
     let (_t, addr) = target().await;
     let mut r = Raw::open(addr).await;
     r.initialize(Digests::NONE).await;
-    let identify = Sqe { opcode: admin_opcode::IDENTIFY, cid: 5, cdw10: 1, dptr: SglDescriptor::transport(4096), ..Default::default() };
-    assert_eq!(r.command(identify, &[]).await.status, Status::COMMAND_SEQUENCE_ERROR, "before Connect");
+    let identify = Sqe {
+        opcode: admin_opcode::IDENTIFY,
+        cid: 5,
+        cdw10: 1,
+        dptr: SglDescriptor::transport(4096),
+        ..Default::default()
+    };
+    assert_eq!(
+        r.command(identify, &[]).await.status,
+        Status::COMMAND_SEQUENCE_ERROR,
+        "before Connect"
+    );
     assert!(r.connect_admin(NQN, HOST).await.status.is_success());
-    assert_eq!(r.command(identify, &[]).await.status, Status::COMMAND_SEQUENCE_ERROR, "before CC.EN");
-    let cap = r.command(PropertyCommand { size: 8, offset: property::CAP, value: 0 }.to_sqe(6, false), &[]).await;
+    assert_eq!(
+        r.command(identify, &[]).await.status,
+        Status::COMMAND_SEQUENCE_ERROR,
+        "before CC.EN"
+    );
+    let cap = r
+        .command(
+            PropertyCommand {
+                size: 8,
+                offset: property::CAP,
+                value: 0,
+            }
+            .to_sqe(6, false),
+            &[],
+        )
+        .await;
     assert!(cap.status.is_success());
     assert_eq!(cap.result64() & 0xffff, 127, "MQES");
-    let en = PropertyCommand { size: 4, offset: property::CC, value: 0x0046_0001 }.to_sqe(7, true);
+    let en = PropertyCommand {
+        size: 4,
+        offset: property::CC,
+        value: 0x0046_0001,
+    }
+    .to_sqe(7, true);
     assert!(r.command(en, &[]).await.status.is_success());
     assert!(r.command(identify, &[]).await.status.is_success());
-    let bogus = Sqe { opcode: 0xC5, cid: 8, ..Default::default() };
+    let bogus = Sqe {
+        opcode: 0xC5,
+        cid: 8,
+        ..Default::default()
+    };
     assert_eq!(r.command(bogus, &[]).await.status, Status::INVALID_OPCODE);
-    let bad_prop = PropertyCommand { size: 4, offset: 0x40, value: 0 }.to_sqe(9, false);
+    let bad_prop = PropertyCommand {
+        size: 4,
+        offset: 0x40,
+        value: 0,
+    }
+    .to_sqe(9, false);
     assert_eq!(r.command(bad_prop, &[]).await.status, Status::INVALID_FIELD);
 }
 
@@ -281,7 +430,11 @@ async fn random_garbage_never_kills_the_target() {
     for _ in 0..50 {
         let mut r = Raw::open(addr).await;
         if rng.random_bool(0.5) {
-            r.initialize(Digests { header: rng.random(), data: rng.random() }).await;
+            r.initialize(Digests {
+                header: rng.random(),
+                data: rng.random(),
+            })
+            .await;
         }
         let n = rng.random_range(1..600);
         let mut junk: Vec<u8> = (0..n).map(|_| rng.random()).collect();
@@ -294,7 +447,6 @@ async fn random_garbage_never_kills_the_target() {
     }
     still_serves(addr).await;
 }
-
 
 /// A host that floods read commands and never reads the replies stalls only its own
 /// connection: another connection to the same target keeps doing I/O.
@@ -309,11 +461,27 @@ async fn a_host_that_stops_reading_stalls_only_itself() {
     admin.enable().await;
     let mut slow = Raw::open(addr).await;
     slow.initialize(Digests::NONE).await;
-    assert!(slow.connect_queue(1, cntlid, NQN, HOST).await.status.is_success());
+    assert!(
+        slow.connect_queue(1, cntlid, NQN, HOST)
+            .await
+            .status
+            .is_success()
+    );
     // 128 reads of 128 KiB each (16 MiB) without reading a byte of the answers.
     for cid in 0..128u16 {
-        let mut sqe = Sqe { opcode: io_opcode::READ, cid: 100 + cid, nsid: 1, dptr: SglDescriptor::transport(128 << 10), ..Default::default() };
-        RwCommand { slba: u64::from(cid % 64) * 32, nlb: 32, fua: false }.apply(&mut sqe);
+        let mut sqe = Sqe {
+            opcode: io_opcode::READ,
+            cid: 100 + cid,
+            nsid: 1,
+            dptr: SglDescriptor::transport(128 << 10),
+            ..Default::default()
+        };
+        RwCommand {
+            slba: u64::from(cid % 64) * 32,
+            nlb: 32,
+            fua: false,
+        }
+        .apply(&mut sqe);
         slow.send(PduHeader::CapsuleCmd(sqe), &[]).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -321,11 +489,29 @@ async fn a_host_that_stops_reading_stalls_only_itself() {
     // Meanwhile a second I/O queue of the same controller is served promptly.
     let mut fast = Raw::open(addr).await;
     fast.initialize(Digests::NONE).await;
-    assert!(fast.connect_queue(2, cntlid, NQN, HOST).await.status.is_success());
+    assert!(
+        fast.connect_queue(2, cntlid, NQN, HOST)
+            .await
+            .status
+            .is_success()
+    );
     for i in 0..20u16 {
-        let mut sqe = Sqe { opcode: io_opcode::WRITE, cid: i, nsid: 1, dptr: SglDescriptor::in_capsule(4096), ..Default::default() };
-        RwCommand { slba: u64::from(i), nlb: 1, fua: false }.apply(&mut sqe);
-        let c = tokio::time::timeout(Duration::from_secs(2), fast.command(sqe, &[i as u8; 4096])).await.expect("not stalled");
+        let mut sqe = Sqe {
+            opcode: io_opcode::WRITE,
+            cid: i,
+            nsid: 1,
+            dptr: SglDescriptor::in_capsule(4096),
+            ..Default::default()
+        };
+        RwCommand {
+            slba: u64::from(i),
+            nlb: 1,
+            fua: false,
+        }
+        .apply(&mut sqe);
+        let c = tokio::time::timeout(Duration::from_secs(2), fast.command(sqe, &[i as u8; 4096]))
+            .await
+            .expect("not stalled");
         assert!(c.status.is_success());
     }
     // And the stalled connection still delivers everything once its host reads again.

@@ -78,7 +78,12 @@ pub struct AuthCommand {
 impl AuthCommand {
     /// A DH-HMAC-CHAP command of `len` bytes.
     pub fn dhchap(len: u32) -> AuthCommand {
-        AuthCommand { secp: SECP_DHCHAP, spsp0: SPSP, spsp1: SPSP, len }
+        AuthCommand {
+            secp: SECP_DHCHAP,
+            spsp0: SPSP,
+            spsp1: SPSP,
+            len,
+        }
     }
 
     /// Reads the fields of an Authentication Send/Receive (dword 10: SPSP0 in byte 1, SPSP1
@@ -96,8 +101,14 @@ impl AuthCommand {
     pub fn to_sqe(&self, send: bool) -> Sqe {
         Sqe {
             opcode: admin_opcode::FABRICS,
-            nsid: u32::from(if send { fctype::AUTH_SEND } else { fctype::AUTH_RECEIVE }),
-            cdw10: (u32::from(self.secp) << 24) | (u32::from(self.spsp1) << 16) | (u32::from(self.spsp0) << 8),
+            nsid: u32::from(if send {
+                fctype::AUTH_SEND
+            } else {
+                fctype::AUTH_RECEIVE
+            }),
+            cdw10: (u32::from(self.secp) << 24)
+                | (u32::from(self.spsp1) << 16)
+                | (u32::from(self.spsp0) << 8),
             cdw11: self.len,
             ..Default::default()
         }
@@ -111,7 +122,8 @@ impl AuthCommand {
 
 /// Whether a command is Authentication Send or Receive.
 pub fn is_auth_command(sqe: &Sqe) -> bool {
-    sqe.opcode == admin_opcode::FABRICS && matches!(sqe.fctype(), fctype::AUTH_SEND | fctype::AUTH_RECEIVE)
+    sqe.opcode == admin_opcode::FABRICS
+        && matches!(sqe.fctype(), fctype::AUTH_SEND | fctype::AUTH_RECEIVE)
 }
 
 /// Why an authentication message could not be decoded.
@@ -207,7 +219,14 @@ pub enum AuthMessage {
 }
 
 fn need(b: &[u8], n: usize) -> Result<(), AuthError> {
-    if b.len() < n { Err(AuthError::Truncated { need: n, have: b.len() }) } else { Ok(()) }
+    if b.len() < n {
+        Err(AuthError::Truncated {
+            need: n,
+            have: b.len(),
+        })
+    } else {
+        Ok(())
+    }
 }
 
 fn hl_of(v: &[u8]) -> Result<u8, AuthError> {
@@ -256,7 +275,9 @@ impl AuthMessage {
                 let d = &b[NEGOTIATE_HDR..NEGOTIATE_HDR + DESCRIPTOR_LEN];
                 let (halen, dhlen) = (usize::from(d[2]), usize::from(d[3]));
                 if halen > ID_SLOTS || dhlen > ID_SLOTS {
-                    return Err(AuthError::Invalid("more identifiers than the descriptor holds"));
+                    return Err(AuthError::Invalid(
+                        "more identifiers than the descriptor holds",
+                    ));
                 }
                 let ids = &d[4..];
                 Ok(AuthMessage::Negotiate(Negotiate {
@@ -270,7 +291,12 @@ impl AuthMessage {
             }
             (msg::COMMON, msg::FAILURE1 | msg::FAILURE2) => {
                 need(b, FAILURE_LEN)?;
-                Ok(AuthMessage::Failure(Failure { auth_id, t_id: get_u16(b, 4), rescode: b[6], rescode_exp: b[7] }))
+                Ok(AuthMessage::Failure(Failure {
+                    auth_id,
+                    t_id: get_u16(b, 4),
+                    rescode: b[6],
+                    rescode_exp: b[7],
+                }))
             }
             (msg::DHCHAP, msg::CHALLENGE) => {
                 need(b, CHALLENGE_HDR)?;
@@ -318,11 +344,17 @@ impl AuthMessage {
                 } else {
                     None
                 };
-                Ok(AuthMessage::Success1(Success1 { t_id: get_u16(b, 4), hl, response }))
+                Ok(AuthMessage::Success1(Success1 {
+                    t_id: get_u16(b, 4),
+                    hl,
+                    response,
+                }))
             }
             (msg::DHCHAP, msg::SUCCESS2) => {
                 need(b, SUCCESS2_LEN)?;
-                Ok(AuthMessage::Success2 { t_id: get_u16(b, 4) })
+                Ok(AuthMessage::Success2 {
+                    t_id: get_u16(b, 4),
+                })
             }
             _ => Err(AuthError::UnknownMessage { auth_type, auth_id }),
         }
@@ -334,7 +366,9 @@ impl AuthMessage {
         match self {
             AuthMessage::Negotiate(m) => {
                 if m.hashes.len() > ID_SLOTS || m.dh_groups.len() > ID_SLOTS {
-                    return Err(AuthError::Invalid("more identifiers than the descriptor holds"));
+                    return Err(AuthError::Invalid(
+                        "more identifiers than the descriptor holds",
+                    ));
                 }
                 b = vec![0u8; NEGOTIATE_HDR + DESCRIPTOR_LEN];
                 b[0] = msg::COMMON;
@@ -350,8 +384,8 @@ impl AuthMessage {
                 d[4 + ID_SLOTS..4 + ID_SLOTS + m.dh_groups.len()].copy_from_slice(&m.dh_groups);
             }
             AuthMessage::Challenge(m) => {
-                let dhvlen =
-                    u16::try_from(m.dh_value.len()).map_err(|_| AuthError::Invalid("DH value above 64 KiB"))?;
+                let dhvlen = u16::try_from(m.dh_value.len())
+                    .map_err(|_| AuthError::Invalid("DH value above 64 KiB"))?;
                 b = vec![0u8; CHALLENGE_HDR];
                 b[0] = msg::DHCHAP;
                 b[1] = msg::CHALLENGE;
@@ -365,10 +399,13 @@ impl AuthMessage {
                 b.extend_from_slice(&m.dh_value);
             }
             AuthMessage::Reply(m) => {
-                let dhvlen =
-                    u16::try_from(m.dh_value.len()).map_err(|_| AuthError::Invalid("DH value above 64 KiB"))?;
+                let dhvlen = u16::try_from(m.dh_value.len())
+                    .map_err(|_| AuthError::Invalid("DH value above 64 KiB"))?;
                 let hl = hl_of(&m.response)?;
-                if m.challenge.as_ref().is_some_and(|c| c.len() != m.response.len()) {
+                if m.challenge
+                    .as_ref()
+                    .is_some_and(|c| c.len() != m.response.len())
+                {
                     return Err(AuthError::Invalid("C2 and R1 lengths differ"));
                 }
                 b = vec![0u8; REPLY_HDR];
@@ -497,7 +534,11 @@ mod tests {
             seqnum: 0,
             dh_value: vec![],
         }));
-        round_trip(AuthMessage::Success1(Success1 { t_id: 9, hl: 32, response: Some(vec![5; 32]) }));
+        round_trip(AuthMessage::Success1(Success1 {
+            t_id: 9,
+            hl: 32,
+            response: Some(vec![5; 32]),
+        }));
         round_trip(AuthMessage::Success2 { t_id: 9 });
         round_trip(AuthMessage::Failure(Failure {
             auth_id: msg::FAILURE1,
@@ -506,7 +547,11 @@ mod tests {
             rescode_exp: failure::FAILED,
         }));
         // Success1 without RVALID is its 16-byte header.
-        let s = AuthMessage::Success1(Success1 { t_id: 9, hl: 48, response: None });
+        let s = AuthMessage::Success1(Success1 {
+            t_id: 9,
+            hl: 48,
+            response: None,
+        });
         let b = s.encode().unwrap();
         assert_eq!(b.len(), 16);
         assert_eq!(AuthMessage::decode(&b).unwrap(), s);
@@ -520,33 +565,69 @@ mod tests {
         b[1] = msg::REPLY;
         b[6] = 255;
         put_u16(&mut b, 10, 0xffff);
-        assert_eq!(AuthMessage::decode(&b), Err(AuthError::Truncated { need: 16 + 510 + 65535, have: 16 }));
+        assert_eq!(
+            AuthMessage::decode(&b),
+            Err(AuthError::Truncated {
+                need: 16 + 510 + 65535,
+                have: 16
+            })
+        );
         // A Challenge likewise.
         b[1] = msg::CHALLENGE;
-        assert!(matches!(AuthMessage::decode(&b), Err(AuthError::Truncated { .. })));
+        assert!(matches!(
+            AuthMessage::decode(&b),
+            Err(AuthError::Truncated { .. })
+        ));
         // A Negotiate with HALEN 200.
         let mut n = vec![0u8; 72];
         n[7] = 1;
         n[8] = AUTHID_DHCHAP;
         n[10] = 200;
-        assert!(matches!(AuthMessage::decode(&n), Err(AuthError::Invalid(_))));
+        assert!(matches!(
+            AuthMessage::decode(&n),
+            Err(AuthError::Invalid(_))
+        ));
         n[10] = 3;
         n[7] = 0;
-        assert!(matches!(AuthMessage::decode(&n), Err(AuthError::Invalid(_))));
+        assert!(matches!(
+            AuthMessage::decode(&n),
+            Err(AuthError::Invalid(_))
+        ));
         // CVALID 2.
-        let mut r =
-            AuthMessage::Reply(Reply { t_id: 0, response: vec![0; 32], challenge: None, seqnum: 0, dh_value: vec![] })
-                .encode()
-                .unwrap();
+        let mut r = AuthMessage::Reply(Reply {
+            t_id: 0,
+            response: vec![0; 32],
+            challenge: None,
+            seqnum: 0,
+            dh_value: vec![],
+        })
+        .encode()
+        .unwrap();
         r[8] = 2;
-        assert!(matches!(AuthMessage::decode(&r), Err(AuthError::Invalid(_))));
+        assert!(matches!(
+            AuthMessage::decode(&r),
+            Err(AuthError::Invalid(_))
+        ));
         // Unknown messages and empty input.
         assert_eq!(
             AuthMessage::decode(&[1, 0x42, 0, 0, 0, 0, 0, 0]),
-            Err(AuthError::UnknownMessage { auth_type: 1, auth_id: 0x42 })
+            Err(AuthError::UnknownMessage {
+                auth_type: 1,
+                auth_id: 0x42
+            })
         );
-        assert!(matches!(AuthMessage::decode(&[]), Err(AuthError::Truncated { .. })));
-        assert_eq!(AuthError::UnknownMessage { auth_type: 0, auth_id: 0 }.reason(), failure::INCORRECT_MESSAGE);
+        assert!(matches!(
+            AuthMessage::decode(&[]),
+            Err(AuthError::Truncated { .. })
+        ));
+        assert_eq!(
+            AuthError::UnknownMessage {
+                auth_type: 0,
+                auth_id: 0
+            }
+            .reason(),
+            failure::INCORRECT_MESSAGE
+        );
     }
 
     #[test]

@@ -61,16 +61,28 @@ pub struct SglDescriptor {
 impl SglDescriptor {
     /// Descriptor for data carried in the capsule (offset 0).
     pub fn in_capsule(length: u32) -> Self {
-        SglDescriptor { address: 0, length, type_byte: sgl_type::DATA_BLOCK_OFFSET }
+        SglDescriptor {
+            address: 0,
+            length,
+            type_byte: sgl_type::DATA_BLOCK_OFFSET,
+        }
     }
 
     /// Descriptor for data moved by data PDUs (R2T/H2CData for writes, C2HData for reads).
     pub fn transport(length: u32) -> Self {
-        SglDescriptor { address: 0, length, type_byte: sgl_type::TRANSPORT_DATA_BLOCK }
+        SglDescriptor {
+            address: 0,
+            length,
+            type_byte: sgl_type::TRANSPORT_DATA_BLOCK,
+        }
     }
 
     fn decode(b: &[u8]) -> Self {
-        SglDescriptor { address: get_u64(b, 0), length: get_u32(b, 8), type_byte: b[15] }
+        SglDescriptor {
+            address: get_u64(b, 0),
+            length: get_u32(b, 8),
+            type_byte: b[15],
+        }
     }
 
     fn encode(&self, b: &mut [u8]) {
@@ -221,7 +233,10 @@ pub const DSM_RANGE_LEN: usize = 16;
 
 impl DsmCommand {
     pub fn from_sqe(sqe: &Sqe) -> Self {
-        DsmCommand { nr: (sqe.cdw10 & 0xff) + 1, deallocate: sqe.cdw11 & (1 << 2) != 0 }
+        DsmCommand {
+            nr: (sqe.cdw10 & 0xff) + 1,
+            deallocate: sqe.cdw11 & (1 << 2) != 0,
+        }
     }
 }
 
@@ -244,7 +259,11 @@ impl DsmRange {
             (0..count)
                 .map(|i| {
                     let r = &data[i * DSM_RANGE_LEN..];
-                    DsmRange { attributes: get_u32(r, 0), nlb: get_u32(r, 4), slba: get_u64(r, 8) }
+                    DsmRange {
+                        attributes: get_u32(r, 0),
+                        nlb: get_u32(r, 4),
+                        slba: get_u64(r, 8),
+                    }
                 })
                 .collect(),
         )
@@ -396,7 +415,12 @@ mod tests {
     #[test]
     fn dsm_ranges_short_data_rejected() {
         let mut out = Vec::new();
-        DsmRange { attributes: 0, nlb: 8, slba: 16 }.encode(&mut out);
+        DsmRange {
+            attributes: 0,
+            nlb: 8,
+            slba: 16,
+        }
+        .encode(&mut out);
         assert_eq!(DsmRange::decode_all(&out, 1).map(|v| v.len()), Some(1));
         assert!(DsmRange::decode_all(&out, 2).is_none());
     }

@@ -22,7 +22,14 @@ pub struct Cqe {
 impl Cqe {
     /// A completion for `cid` with `status` and no result.
     pub fn new(cid: u16, status: Status) -> Self {
-        Cqe { result: 0, result_hi: 0, sqhd: 0, sqid: 0, cid, status }
+        Cqe {
+            result: 0,
+            result_hi: 0,
+            sqhd: 0,
+            sqid: 0,
+            cid,
+            status,
+        }
     }
 
     /// The 64-bit result (dwords 0 and 1), as Property Get returns it.

@@ -38,7 +38,11 @@ pub enum DhchapError {
     #[error("unknown Diffie-Hellman group identifier {0}")]
     UnknownGroup(u8),
     #[error("the DH value is {got} bytes; group {group} needs {want}")]
-    DhValueLength { group: &'static str, got: usize, want: usize },
+    DhValueLength {
+        group: &'static str,
+        got: usize,
+        want: usize,
+    },
     #[error("the peer's DH value is out of range (must be in 2..=p-2)")]
     DhValueRange,
     #[error("the null DH group has no exponentiation")]
@@ -189,7 +193,8 @@ pub const DH_PRIVATE_LEN: usize = 64;
 
 fn prime(group: DhGroup) -> Result<Odd<BoxedUint>, DhchapError> {
     let hex = group.prime_hex().ok_or(DhchapError::NullGroup)?;
-    let p = Option::<BoxedUint>::from(BoxedUint::from_be_hex(hex, group.bits())).ok_or(DhchapError::NullGroup)?;
+    let p = Option::<BoxedUint>::from(BoxedUint::from_be_hex(hex, group.bits()))
+        .ok_or(DhchapError::NullGroup)?;
     Option::<Odd<BoxedUint>>::from(Odd::new(p)).ok_or(DhchapError::NullGroup)
 }
 
@@ -200,7 +205,9 @@ fn mod_exp(group: DhGroup, base: BoxedUint, private: &[u8]) -> Result<Vec<u8>, D
     let exp_bytes = &private[..private.len().min(DH_PRIVATE_LEN)];
     let exp = BoxedUint::from_be_slice(exp_bytes, bits).map_err(|_| DhchapError::NullGroup)?;
     let params = BoxedMontyParams::new(p);
-    let r = BoxedMontyForm::new(base, params).pow_bounded_exp(&exp, (DH_PRIVATE_LEN * 8) as u32).retrieve();
+    let r = BoxedMontyForm::new(base, params)
+        .pow_bounded_exp(&exp, (DH_PRIVATE_LEN * 8) as u32)
+        .retrieve();
     let bytes = r.to_be_bytes();
     let want = group.value_len();
     // `to_be_bytes` has the precision's length (the group's, a multiple of 64 bits).
@@ -215,13 +222,21 @@ pub fn dh_public(group: DhGroup, private: &[u8]) -> Result<Vec<u8>, DhchapError>
 
 /// The shared secret `peer ^ private mod p`, after checking that the peer's value has the
 /// group's length and lies in 2..=p-2 (a value of 0, 1 or p-1 would force the secret).
-pub fn dh_shared_secret(group: DhGroup, private: &[u8], peer: &[u8]) -> Result<Vec<u8>, DhchapError> {
+pub fn dh_shared_secret(
+    group: DhGroup,
+    private: &[u8],
+    peer: &[u8],
+) -> Result<Vec<u8>, DhchapError> {
     let want = group.value_len();
     if want == 0 {
         return Err(DhchapError::NullGroup);
     }
     if peer.len() != want {
-        return Err(DhchapError::DhValueLength { group: group.name(), got: peer.len(), want });
+        return Err(DhchapError::DhValueLength {
+            group: group.name(),
+            got: peer.len(),
+            want,
+        });
     }
     let p = prime(group)?;
     let y = BoxedUint::from_be_slice(peer, group.bits()).map_err(|_| DhchapError::DhValueRange)?;
@@ -250,7 +265,10 @@ pub struct Secret {
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Secret").field("hash", &self.hash).field("key_len", &self.key.len()).finish_non_exhaustive()
+        f.debug_struct("Secret")
+            .field("hash", &self.hash)
+            .field("key_len", &self.key.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -263,14 +281,20 @@ impl Secret {
         if !matches!(key.len(), 32 | 48 | 64) {
             return Err(DhchapError::SecretLength(key.len()));
         }
-        Ok(Secret { hash, key: key.to_vec() })
+        Ok(Secret {
+            hash,
+            key: key.to_vec(),
+        })
     }
 
     /// Parses `DHHC-1:<hh>:<base64(key || crc32(key) little-endian)>:` (the form
     /// `nvme gen-dhchap-key` prints and the Linux kernel accepts). The trailing colon is
     /// optional, as for the kernel.
     pub fn parse(s: &str) -> Result<Secret, DhchapError> {
-        let rest = s.trim().strip_prefix("DHHC-1:").ok_or(DhchapError::SecretFormat)?;
+        let rest = s
+            .trim()
+            .strip_prefix("DHHC-1:")
+            .ok_or(DhchapError::SecretFormat)?;
         let (hh, rest) = rest.split_once(':').ok_or(DhchapError::SecretFormat)?;
         let b64 = rest.strip_suffix(':').unwrap_or(rest);
         if hh.len() != 2 || !hh.bytes().all(|c| c.is_ascii_digit()) || b64.contains(':') {
@@ -286,7 +310,10 @@ impl Secret {
             return Err(DhchapError::SecretLength(b64.len() * 3 / 4));
         }
         let raw = BASE64.decode(b64).map_err(|_| DhchapError::SecretBase64)?;
-        let key_len = raw.len().checked_sub(4).ok_or(DhchapError::SecretLength(0))?;
+        let key_len = raw
+            .len()
+            .checked_sub(4)
+            .ok_or(DhchapError::SecretLength(0))?;
         if !matches!(key_len, 32 | 48 | 64) {
             return Err(DhchapError::SecretLength(key_len));
         }
@@ -403,8 +430,9 @@ mod tests {
     use super::*;
 
     const KEY32: [u8; 32] = [
-        0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0a, 0x0b, 0x0c, 0x0d, 0x0e, 0x0f, 0x10, 0x11,
-        0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, 0x19, 0x1a, 0x1b, 0x1c, 0x1d, 0x1e, 0x1f,
+        0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 0x09, 0x0a, 0x0b, 0x0c, 0x0d, 0x0e,
+        0x0f, 0x10, 0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, 0x19, 0x1a, 0x1b, 0x1c, 0x1d,
+        0x1e, 0x1f,
     ];
 
     fn hex(b: &[u8]) -> String {
@@ -415,14 +443,23 @@ mod tests {
     fn secret_round_trip_and_crc() {
         let s = Secret::new(1, &KEY32).unwrap();
         let text = s.encode();
-        assert!(text.starts_with("DHHC-1:01:") && text.ends_with(':'), "{text}");
+        assert!(
+            text.starts_with("DHHC-1:01:") && text.ends_with(':'),
+            "{text}"
+        );
         assert_eq!(Secret::parse(&text).unwrap(), s);
         // Without the trailing colon too, as the kernel accepts.
         assert_eq!(Secret::parse(text.trim_end_matches(':')).unwrap(), s);
         // The CRC is the standard CRC-32 (IEEE), little-endian: check it independently.
-        let raw = BASE64.decode(text.trim_start_matches("DHHC-1:01:").trim_end_matches(':')).unwrap();
+        let raw = BASE64
+            .decode(text.trim_start_matches("DHHC-1:01:").trim_end_matches(':'))
+            .unwrap();
         assert_eq!(&raw[32..], &crc32fast::hash(&KEY32).to_le_bytes());
-        assert_eq!(crc32fast::hash(b"123456789"), 0xCBF4_3926, "CRC-32/ISO-HDLC check value");
+        assert_eq!(
+            crc32fast::hash(b"123456789"),
+            0xCBF4_3926,
+            "CRC-32/ISO-HDLC check value"
+        );
         // A flipped bit in the key fails the CRC.
         let mut bad = raw.clone();
         bad[3] ^= 1;
@@ -435,14 +472,27 @@ mod tests {
     fn malformed_secrets_are_refused() {
         let good = Secret::new(0, &[7u8; 48]).unwrap().encode();
         assert!(Secret::parse(&good).is_ok());
-        for bad in ["", "DHHC-1", "DHHC-2:00:AAAA:", "DHHC-1:0:AAAA:", "DHHC-1:xx:AAAA:", "DHHC-1:00:!!!!:"] {
+        for bad in [
+            "",
+            "DHHC-1",
+            "DHHC-2:00:AAAA:",
+            "DHHC-1:0:AAAA:",
+            "DHHC-1:xx:AAAA:",
+            "DHHC-1:00:!!!!:",
+        ] {
             assert!(Secret::parse(bad).is_err(), "{bad:?}");
         }
-        assert_eq!(Secret::parse(&good.replace(":00:", ":04:")), Err(DhchapError::SecretHash(4)));
+        assert_eq!(
+            Secret::parse(&good.replace(":00:", ":04:")),
+            Err(DhchapError::SecretHash(4))
+        );
         let short = format!("DHHC-1:00:{}:", BASE64.encode([1u8; 20]));
         assert_eq!(Secret::parse(&short), Err(DhchapError::SecretLength(16)));
         let long = format!("DHHC-1:00:{}:", BASE64.encode([1u8; 200]));
-        assert!(matches!(Secret::parse(&long), Err(DhchapError::SecretLength(_))));
+        assert!(matches!(
+            Secret::parse(&long),
+            Err(DhchapError::SecretLength(_))
+        ));
         assert!(Secret::new(0, &[0u8; 33]).is_err());
     }
 
@@ -460,7 +510,10 @@ mod tests {
     fn key_transformation() {
         let nqn = "nqn.2014-08.org.nvmexpress:uuid:0f6a0e0b-4d8a-4d2c-9d1e-2c1b8b4c5d6e";
         // Hash 00: the key itself.
-        assert_eq!(Secret::new(0, &KEY32).unwrap().transform(nqn), KEY32.to_vec());
+        assert_eq!(
+            Secret::new(0, &KEY32).unwrap().transform(nqn),
+            KEY32.to_vec()
+        );
         // Otherwise HMAC-hash(key, NQN || "NVMe-over-Fabrics"), the hash's length.
         for h in HashId::ALL {
             let t = Secret::new(h.id(), &KEY32).unwrap().transform(nqn);
@@ -476,7 +529,10 @@ mod tests {
         // Values computed with Python's hmac/hashlib from the formulas of the specification.
         let nqn = "nqn.2014-08.org.nvmexpress:uuid:0f6a0e0b-4d8a-4d2c-9d1e-2c1b8b4c5d6e";
         let s = Secret::new(1, &KEY32).unwrap();
-        assert_eq!(hex(&s.transform(nqn)), "9983cd848561cda306866e67dcb6b03e7c80c043bb445f8399206ee21254d301");
+        assert_eq!(
+            hex(&s.transform(nqn)),
+            "9983cd848561cda306866e67dcb6b03e7c80c043bb445f8399206ee21254d301"
+        );
         let c = [0x5au8; 32];
         let r = ResponseInput {
             hash: HashId::Sha256,
@@ -487,9 +543,16 @@ mod tests {
             hostnqn: nqn,
             subnqn: "nqn.2024-01.dev.ferrite:vol1",
         };
-        assert_eq!(hex(&host_response(&s, &r)), "04258a544c10292dc914a5b86c40bca0d17336f4d932a764fc62f394b4d3e14f");
         assert_eq!(
-            hex(&augmented_challenge(HashId::Sha384, &[9u8; 256], &[0x5a; 48])),
+            hex(&host_response(&s, &r)),
+            "04258a544c10292dc914a5b86c40bca0d17336f4d932a764fc62f394b4d3e14f"
+        );
+        assert_eq!(
+            hex(&augmented_challenge(
+                HashId::Sha384,
+                &[9u8; 256],
+                &[0x5a; 48]
+            )),
             "b1a3452689937633a1b05a59d9fd8ab3311100899b8219a0eee50a5dc32f43d57458f04622940dbdcd77d54ffda6047c"
         );
     }
@@ -533,13 +596,25 @@ mod tests {
         let mut msg = c.to_vec();
         msg.extend_from_slice(&[4, 3, 2, 1, 6, 5, 0]);
         msg.extend_from_slice(b"Controllernqn.s\0nqn.h");
-        assert_eq!(controller_response(&s, &r), HashId::Sha256.hmac(&KEY32, &[&msg]));
+        assert_eq!(
+            controller_response(&s, &r),
+            HashId::Sha256.hmac(&KEY32, &[&msg])
+        );
         // With a session key the challenge is augmented first.
         let skey = [9u8; 256];
         let aug = augmented_challenge(HashId::Sha256, &skey, &c);
-        assert_eq!(aug, HashId::Sha256.hmac(&HashId::Sha256.digest(&skey), &[&c]));
-        let with = ResponseInput { session_key: Some(&skey), ..r };
-        let plain = ResponseInput { challenge: &aug, ..r };
+        assert_eq!(
+            aug,
+            HashId::Sha256.hmac(&HashId::Sha256.digest(&skey), &[&c])
+        );
+        let with = ResponseInput {
+            session_key: Some(&skey),
+            ..r
+        };
+        let plain = ResponseInput {
+            challenge: &aug,
+            ..r
+        };
         assert_eq!(host_response(&s, &with), host_response(&s, &plain));
         assert!(responses_match(&aug, &aug.clone()));
         assert!(!responses_match(&aug, &aug[..31]));
@@ -550,7 +625,10 @@ mod tests {
         for g in &DhGroup::ALL[1..] {
             let hex = g.prime_hex().unwrap();
             assert_eq!(hex.len() * 4, g.bits() as usize);
-            assert!(hex.starts_with("FFFFFFFFFFFFFFFF") && hex.ends_with("FFFFFFFFFFFFFFFF"), "{g:?}");
+            assert!(
+                hex.starts_with("FFFFFFFFFFFFFFFF") && hex.ends_with("FFFFFFFFFFFFFFFF"),
+                "{g:?}"
+            );
             assert!(hex.starts_with(
                 "FFFFFFFFFFFFFFFFADF85458A2BB4A9AAFDC5620273D3CF1D8B9C583CE2D3695A9E13641146433FBCC939DCE249B3EF9"
             ));
@@ -562,9 +640,14 @@ mod tests {
         // 2^((p-1)/2) = 1 mod p: Fermat and the RFC 7919 generator property at once.
         let g = DhGroup::Ffdhe2048;
         let p = prime(g).unwrap();
-        let q = p.as_ref().wrapping_sub(&BoxedUint::one_with_precision(g.bits())).shr(1);
+        let q = p
+            .as_ref()
+            .wrapping_sub(&BoxedUint::one_with_precision(g.bits()))
+            .shr(1);
         let two = BoxedUint::from_be_slice(&[2], g.bits()).unwrap();
-        let r = BoxedMontyForm::new(two, BoxedMontyParams::new(p)).pow(&q).retrieve();
+        let r = BoxedMontyForm::new(two, BoxedMontyParams::new(p))
+            .pow(&q)
+            .retrieve();
         assert_eq!(r, BoxedUint::one_with_precision(g.bits()));
     }
 
@@ -597,15 +680,30 @@ mod tests {
     fn bad_peer_values_are_refused() {
         let g = DhGroup::Ffdhe2048;
         let x = [3u8; DH_PRIVATE_LEN];
-        assert!(matches!(dh_shared_secret(g, &x, &[1u8; 100]), Err(DhchapError::DhValueLength { .. })));
+        assert!(matches!(
+            dh_shared_secret(g, &x, &[1u8; 100]),
+            Err(DhchapError::DhValueLength { .. })
+        ));
         let mut one = vec![0u8; 256];
         one[255] = 1;
-        assert_eq!(dh_shared_secret(g, &x, &one), Err(DhchapError::DhValueRange));
-        assert_eq!(dh_shared_secret(g, &x, &[0u8; 256]), Err(DhchapError::DhValueRange));
-        assert_eq!(dh_shared_secret(g, &x, &[0xffu8; 256]), Err(DhchapError::DhValueRange));
+        assert_eq!(
+            dh_shared_secret(g, &x, &one),
+            Err(DhchapError::DhValueRange)
+        );
+        assert_eq!(
+            dh_shared_secret(g, &x, &[0u8; 256]),
+            Err(DhchapError::DhValueRange)
+        );
+        assert_eq!(
+            dh_shared_secret(g, &x, &[0xffu8; 256]),
+            Err(DhchapError::DhValueRange)
+        );
         let mut pm1 = prime(g).unwrap().as_ref().to_be_bytes().to_vec();
         pm1[255] -= 1;
-        assert_eq!(dh_shared_secret(g, &x, &pm1), Err(DhchapError::DhValueRange));
+        assert_eq!(
+            dh_shared_secret(g, &x, &pm1),
+            Err(DhchapError::DhValueRange)
+        );
         assert_eq!(dh_public(DhGroup::Null, &x), Err(DhchapError::NullGroup));
     }
 }

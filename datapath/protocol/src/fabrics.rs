@@ -125,7 +125,11 @@ impl PropertyCommand {
         Sqe {
             opcode: admin_opcode::FABRICS,
             cid,
-            nsid: u32::from(if set { fctype::PROPERTY_SET } else { fctype::PROPERTY_GET }),
+            nsid: u32::from(if set {
+                fctype::PROPERTY_SET
+            } else {
+                fctype::PROPERTY_GET
+            }),
             cdw10: u32::from(self.size == 8),
             cdw11: self.offset,
             cdw12: self.value as u32,
@@ -161,7 +165,10 @@ impl Cap {
     }
 
     pub fn from_u64(v: u64) -> Cap {
-        Cap { mqes: (v & 0xffff) as u16, timeout: ((v >> 24) & 0xff) as u8 }
+        Cap {
+            mqes: (v & 0xffff) as u16,
+            timeout: ((v >> 24) & 0xff) as u8,
+        }
     }
 }
 
@@ -207,7 +214,13 @@ mod tests {
 
     #[test]
     fn connect_round_trip() {
-        let c = ConnectCommand { recfmt: 0, qid: 3, sqsize: 127, cattr: 4, kato: 5000 };
+        let c = ConnectCommand {
+            recfmt: 0,
+            qid: 3,
+            sqsize: 127,
+            cattr: 4,
+            kato: 5000,
+        };
         assert_eq!(ConnectCommand::from_sqe(&c.to_sqe(9)), c);
         assert!(c.sq_flow_control_disabled());
         let d = ConnectData {
@@ -222,21 +235,35 @@ mod tests {
 
     #[test]
     fn invalid_param_result_layout() {
-        assert_eq!(connect_invalid_param_result(true, connect_data_offset::SUBNQN), 0x0001_0100);
+        assert_eq!(
+            connect_invalid_param_result(true, connect_data_offset::SUBNQN),
+            0x0001_0100
+        );
         assert_eq!(connect_invalid_param_result(false, 44), 44);
     }
 
     #[test]
     fn property_round_trip() {
-        let p = PropertyCommand { size: 8, offset: property::CAP, value: 0 };
+        let p = PropertyCommand {
+            size: 8,
+            offset: property::CAP,
+            value: 0,
+        };
         assert_eq!(PropertyCommand::from_sqe(&p.to_sqe(1, false)), p);
-        let s = PropertyCommand { size: 4, offset: property::CC, value: 0x460001 };
+        let s = PropertyCommand {
+            size: 4,
+            offset: property::CC,
+            value: 0x460001,
+        };
         assert_eq!(PropertyCommand::from_sqe(&s.to_sqe(1, true)), s);
     }
 
     #[test]
     fn cap_fields() {
-        let cap = Cap { mqes: 127, timeout: 10 };
+        let cap = Cap {
+            mqes: 127,
+            timeout: 10,
+        };
         assert_eq!(Cap::from_u64(cap.to_u64()), cap);
         assert_ne!(cap.to_u64() & (1 << 37), 0);
         assert_eq!(version(1, 3, 0), 0x0001_0300);

@@ -132,7 +132,11 @@ impl IdentifyController {
             cntlid: get_u16(b, 78),
             version: get_u32(b, 80),
             oaes: get_u32(b, 92),
-            cntrltype: if b[111] == 2 { ControllerType::Discovery } else { ControllerType::Io },
+            cntrltype: if b[111] == 2 {
+                ControllerType::Discovery
+            } else {
+                ControllerType::Io
+            },
             acl: b[258],
             aerl: b[259],
             lpa: b[261],
@@ -227,7 +231,11 @@ pub mod nidt {
 pub fn encode_ns_descriptors(nguid: &[u8; 16], uuid: &[u8; 16]) -> Vec<u8> {
     let mut b = vec![0u8; IDENTIFY_LEN];
     let mut off = 0;
-    for (t, id) in [(nidt::NGUID, &nguid[..]), (nidt::UUID, &uuid[..]), (nidt::CSI, &[0u8][..])] {
+    for (t, id) in [
+        (nidt::NGUID, &nguid[..]),
+        (nidt::UUID, &uuid[..]),
+        (nidt::CSI, &[0u8][..]),
+    ] {
         b[off] = t;
         b[off + 1] = id.len() as u8;
         b[off + 4..off + 4 + id.len()].copy_from_slice(id);
@@ -266,7 +274,10 @@ pub fn encode_active_ns_list(nsids: impl IntoIterator<Item = u32>, after: u32) -
 
 /// Decodes an active namespace ID list.
 pub fn decode_active_ns_list(b: &[u8]) -> Vec<u32> {
-    b.chunks_exact(4).map(|c| get_u32(c, 0)).take_while(|&n| n != 0).collect()
+    b.chunks_exact(4)
+        .map(|c| get_u32(c, 0))
+        .take_while(|&n| n != 0)
+        .collect()
 }
 
 /// I/O command set independent Identify Namespace (CNS 08h).
@@ -342,7 +353,14 @@ mod tests {
         let b = encode_active_ns_list([3, 1, 2], 1);
         assert_eq!(decode_active_ns_list(&b), vec![2, 3]);
         let d = decode_ns_descriptors(&encode_ns_descriptors(&[1; 16], &[2; 16]));
-        assert_eq!(d, vec![(nidt::NGUID, vec![1; 16]), (nidt::UUID, vec![2; 16]), (nidt::CSI, vec![0])]);
+        assert_eq!(
+            d,
+            vec![
+                (nidt::NGUID, vec![1; 16]),
+                (nidt::UUID, vec![2; 16]),
+                (nidt::CSI, vec![0])
+            ]
+        );
         assert!(decode_ns_descriptors(&[2, 200, 0, 0, 1]).is_empty());
     }
 }

@@ -81,7 +81,8 @@ impl SmartLog {
         b[3] = self.available_spare_pct;
         b[4] = self.spare_threshold_pct;
         b[5] = self.percent_used;
-        let put128 = |b: &mut [u8], off: usize, v: u128| b[off..off + 16].copy_from_slice(&v.to_le_bytes());
+        let put128 =
+            |b: &mut [u8], off: usize, v: u128| b[off..off + 16].copy_from_slice(&v.to_le_bytes());
         put128(&mut b, 32, self.data_units_read);
         put128(&mut b, 48, self.data_units_written);
         put128(&mut b, 64, self.host_reads);
@@ -256,7 +257,10 @@ mod tests {
     #[test]
     fn window_bounds() {
         let page = vec![1u8; 16];
-        assert_eq!(window(&page, 8, 16).unwrap(), [vec![1u8; 8], vec![0u8; 8]].concat());
+        assert_eq!(
+            window(&page, 8, 16).unwrap(),
+            [vec![1u8; 8], vec![0u8; 8]].concat()
+        );
         assert!(window(&page, 20, 4).is_none());
         assert!(window(&page, 2, 4).is_none());
     }
@@ -267,7 +271,12 @@ mod tests {
         assert_eq!(SmartLog::data_units(512), 1);
         assert_eq!(SmartLog::data_units(512_000), 1);
         assert_eq!(SmartLog::data_units(512_001 + 511), 2);
-        let b = SmartLog { temperature_k: 300, available_spare_pct: 100, ..Default::default() }.encode();
+        let b = SmartLog {
+            temperature_k: 300,
+            available_spare_pct: 100,
+            ..Default::default()
+        }
+        .encode();
         assert_eq!(get_u16(&b, 1), 300);
     }
 }

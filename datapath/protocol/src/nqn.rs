@@ -15,7 +15,9 @@ pub enum NqnError {
     Empty,
     #[error("NQN is {0} bytes long; the maximum is 223")]
     TooLong(usize),
-    #[error("NQN {0:?} must start with \"nqn.\" followed by a date (yyyy-mm) and a reverse domain name, e.g. nqn.2024-01.dev.ferrite:vol1")]
+    #[error(
+        "NQN {0:?} must start with \"nqn.\" followed by a date (yyyy-mm) and a reverse domain name, e.g. nqn.2024-01.dev.ferrite:vol1"
+    )]
     BadFormat(String),
 }
 
@@ -35,7 +37,9 @@ pub fn validate(nqn: &str) -> Result<(), NqnError> {
     let rest = nqn.strip_prefix("nqn.").ok_or_else(bad)?;
     let date = rest.get(..7).ok_or_else(bad)?;
     let db = date.as_bytes();
-    let date_ok = db[..4].iter().all(u8::is_ascii_digit) && db[4] == b'-' && db[5..].iter().all(u8::is_ascii_digit);
+    let date_ok = db[..4].iter().all(u8::is_ascii_digit)
+        && db[4] == b'-'
+        && db[5..].iter().all(u8::is_ascii_digit);
     if !date_ok || rest.as_bytes().get(7) != Some(&b'.') || rest.len() < 9 {
         return Err(bad());
     }
@@ -56,10 +60,22 @@ mod tests {
     #[test]
     fn rejects_invalid() {
         assert_eq!(validate(""), Err(NqnError::Empty));
-        assert!(matches!(validate("iqn.2024-01.x"), Err(NqnError::BadFormat(_))));
-        assert!(matches!(validate("nqn.24-01.x"), Err(NqnError::BadFormat(_))));
-        assert!(matches!(validate("nqn.2024-01.dev ferrite"), Err(NqnError::BadFormat(_))));
-        assert!(matches!(validate("nqn.2024-01."), Err(NqnError::BadFormat(_))));
+        assert!(matches!(
+            validate("iqn.2024-01.x"),
+            Err(NqnError::BadFormat(_))
+        ));
+        assert!(matches!(
+            validate("nqn.24-01.x"),
+            Err(NqnError::BadFormat(_))
+        ));
+        assert!(matches!(
+            validate("nqn.2024-01.dev ferrite"),
+            Err(NqnError::BadFormat(_))
+        ));
+        assert!(matches!(
+            validate("nqn.2024-01."),
+            Err(NqnError::BadFormat(_))
+        ));
         let long = format!("nqn.2024-01.dev.{}", "x".repeat(300));
         assert!(matches!(validate(&long), Err(NqnError::TooLong(_))));
     }

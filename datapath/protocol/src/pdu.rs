@@ -89,20 +89,31 @@ impl PduType {
             PduType::ICReq | PduType::ICResp => IC_HLEN,
             PduType::CapsuleCmd => CAPSULE_CMD_HLEN,
             PduType::CapsuleResp => CAPSULE_RESP_HLEN,
-            PduType::H2CTermReq | PduType::C2HTermReq | PduType::H2CData | PduType::C2HData | PduType::R2T => DATA_HLEN,
+            PduType::H2CTermReq
+            | PduType::C2HTermReq
+            | PduType::H2CData
+            | PduType::C2HData
+            | PduType::R2T => DATA_HLEN,
         }
     }
 
     /// Whether PDUs of this type carry digests when digests are negotiated.
     fn takes_digests(self) -> bool {
-        !matches!(self, PduType::ICReq | PduType::ICResp | PduType::H2CTermReq | PduType::C2HTermReq)
+        !matches!(
+            self,
+            PduType::ICReq | PduType::ICResp | PduType::H2CTermReq | PduType::C2HTermReq
+        )
     }
 
     /// Whether PDUs of this type may carry data.
     fn takes_data(self) -> bool {
         matches!(
             self,
-            PduType::CapsuleCmd | PduType::H2CData | PduType::C2HData | PduType::H2CTermReq | PduType::C2HTermReq
+            PduType::CapsuleCmd
+                | PduType::H2CData
+                | PduType::C2HData
+                | PduType::H2CTermReq
+                | PduType::C2HTermReq
         )
     }
 }
@@ -115,10 +126,16 @@ pub struct Digests {
 }
 
 impl Digests {
-    pub const NONE: Digests = Digests { header: false, data: false };
+    pub const NONE: Digests = Digests {
+        header: false,
+        data: false,
+    };
 
     fn from_byte(b: u8) -> Digests {
-        Digests { header: b & 0x01 != 0, data: b & 0x02 != 0 }
+        Digests {
+            header: b & 0x01 != 0,
+            data: b & 0x02 != 0,
+        }
     }
 
     fn to_byte(self) -> u8 {
@@ -154,9 +171,9 @@ impl PduError {
     /// as an invalid header field of the data digest flag.
     pub fn fes(&self) -> u16 {
         match self {
-            PduError::UnknownType(_) | PduError::InvalidHeaderField { .. } | PduError::DataDigest { .. } => {
-                fes::INVALID_HEADER_FIELD
-            }
+            PduError::UnknownType(_)
+            | PduError::InvalidHeaderField { .. }
+            | PduError::DataDigest { .. } => fes::INVALID_HEADER_FIELD,
             PduError::Sequence(_) => fes::PDU_SEQUENCE_ERROR,
             PduError::HeaderDigest { .. } => fes::HEADER_DIGEST_ERROR,
             PduError::DataOutOfRange(_) => fes::DATA_OUT_OF_RANGE,
@@ -168,7 +185,9 @@ impl PduError {
     /// Fatal error information: the byte offset of the offending field where there is one.
     pub fn fei(&self) -> u32 {
         match self {
-            PduError::InvalidHeaderField { offset, .. } | PduError::Unsupported { offset, .. } => *offset,
+            PduError::InvalidHeaderField { offset, .. } | PduError::Unsupported { offset, .. } => {
+                *offset
+            }
             PduError::DataDigest { .. } => 1,
             _ => 0,
         }
@@ -191,7 +210,13 @@ pub struct CommonHeader {
 
 impl CommonHeader {
     pub fn decode(b: &[u8; COMMON_HEADER_LEN]) -> CommonHeader {
-        CommonHeader { pdu_type: b[0], flags: b[1], hlen: b[2], pdo: b[3], plen: get_u32(b, 4) }
+        CommonHeader {
+            pdu_type: b[0],
+            flags: b[1],
+            hlen: b[2],
+            pdo: b[3],
+            plen: get_u32(b, 4),
+        }
     }
 
     pub fn encode(&self) -> [u8; COMMON_HEADER_LEN] {
@@ -240,7 +265,11 @@ impl PduLayout {
 /// Validates a common header against the negotiated digests and a data size limit, and
 /// returns the PDU's layout. `digests` is `None` before the connection is initialized
 /// (only ICReq/ICResp are valid then).
-pub fn layout(ch: &CommonHeader, digests: Option<Digests>, max_data: usize) -> Result<PduLayout, PduError> {
+pub fn layout(
+    ch: &CommonHeader,
+    digests: Option<Digests>,
+    max_data: usize,
+) -> Result<PduLayout, PduError> {
     let pdu_type = PduType::from_u8(ch.pdu_type).ok_or(PduError::UnknownType(ch.pdu_type))?;
     let hlen = pdu_type.hlen();
     if usize::from(ch.hlen) != hlen {
@@ -249,9 +278,13 @@ pub fn layout(ch: &CommonHeader, digests: Option<Digests>, max_data: usize) -> R
     let plen = ch.plen as usize;
     let negotiated = match (pdu_type, digests) {
         // A TermReq may end a connection whose initialization failed.
-        (PduType::ICReq | PduType::ICResp | PduType::H2CTermReq | PduType::C2HTermReq, None) => Digests::NONE,
+        (PduType::ICReq | PduType::ICResp | PduType::H2CTermReq | PduType::C2HTermReq, None) => {
+            Digests::NONE
+        }
         (PduType::ICReq | PduType::ICResp, Some(_)) => {
-            return Err(PduError::Sequence("initialize connection PDU after initialization"));
+            return Err(PduError::Sequence(
+                "initialize connection PDU after initialization",
+            ));
         }
         (_, None) => return Err(PduError::Sequence("PDU before connection initialization")),
         (t, Some(d)) if t.takes_digests() => d,
@@ -282,35 +315,59 @@ pub fn layout(ch: &CommonHeader, digests: Option<Digests>, max_data: usize) -> R
         if ch.flags & flags::DDGSTF != 0 {
             return Err(bad(1, "DDGSTF set on a PDU without data"));
         }
-        return Ok(PduLayout { pdu_type, hlen, header_digest, pad: 0, data_len: 0, data_digest: false, plen });
+        return Ok(PduLayout {
+            pdu_type,
+            hlen,
+            header_digest,
+            pad: 0,
+            data_len: 0,
+            data_digest: false,
+            plen,
+        });
     }
     if !pdu_type.takes_data() {
         return Err(bad(4, "PLEN includes data on a PDU type that carries none"));
     }
     // TermReq data (the offending header) starts right after the header; PDO is reserved.
-    let (data_offset, data_digest) = if matches!(pdu_type, PduType::H2CTermReq | PduType::C2HTermReq) {
-        (hlen, false)
-    } else {
-        let data_digest = ch.flags & flags::DDGSTF != 0;
-        if data_digest != negotiated.data {
-            return Err(bad(1, "DDGSTF does not match the negotiated data digest"));
-        }
-        let pdo = usize::from(ch.pdo);
-        if pdo < header_total || pdo >= plen {
-            return Err(bad(3, "PDO outside the PDU"));
-        }
-        (pdo, data_digest)
-    };
+    let (data_offset, data_digest) =
+        if matches!(pdu_type, PduType::H2CTermReq | PduType::C2HTermReq) {
+            (hlen, false)
+        } else {
+            let data_digest = ch.flags & flags::DDGSTF != 0;
+            if data_digest != negotiated.data {
+                return Err(bad(1, "DDGSTF does not match the negotiated data digest"));
+            }
+            let pdo = usize::from(ch.pdo);
+            if pdo < header_total || pdo >= plen {
+                return Err(bad(3, "PDO outside the PDU"));
+            }
+            (pdo, data_digest)
+        };
     let trailer = if data_digest { DIGEST_LEN } else { 0 };
     if plen < data_offset + trailer + 1 {
         return Err(bad(4, "PLEN too short for PDO and data digest"));
     }
     let data_len = plen - data_offset - trailer;
-    let limit = if matches!(pdu_type, PduType::H2CTermReq | PduType::C2HTermReq) { TERM_REQ_MAX_DATA } else { max_data };
+    let limit = if matches!(pdu_type, PduType::H2CTermReq | PduType::C2HTermReq) {
+        TERM_REQ_MAX_DATA
+    } else {
+        max_data
+    };
     if data_len > limit {
-        return Err(PduError::DataLimitExceeded { len: data_len as u64, limit: limit as u64 });
+        return Err(PduError::DataLimitExceeded {
+            len: data_len as u64,
+            limit: limit as u64,
+        });
     }
-    Ok(PduLayout { pdu_type, hlen, header_digest, pad: data_offset - header_total, data_len, data_digest, plen })
+    Ok(PduLayout {
+        pdu_type,
+        hlen,
+        header_digest,
+        pad: data_offset - header_total,
+        data_len,
+        data_digest,
+        plen,
+    })
 }
 
 /// Initialize Connection Request.
@@ -428,18 +485,29 @@ pub fn decode_header(layout: &PduLayout, header: &[u8]) -> Result<PduHeader, Pdu
         PduType::ICReq => {
             let pfv = get_u16(header, 8);
             if pfv != PFV_1_0 {
-                return Err(PduError::Unsupported { offset: 8, reason: "PDU format version" });
+                return Err(PduError::Unsupported {
+                    offset: 8,
+                    reason: "PDU format version",
+                });
             }
             let hpda = header[10];
             if hpda > 31 {
                 return Err(bad(10, "HPDA out of range"));
             }
-            PduHeader::ICReq(ICReq { pfv, hpda, digests: Digests::from_byte(header[11]), maxr2t: get_u32(header, 12) })
+            PduHeader::ICReq(ICReq {
+                pfv,
+                hpda,
+                digests: Digests::from_byte(header[11]),
+                maxr2t: get_u32(header, 12),
+            })
         }
         PduType::ICResp => {
             let pfv = get_u16(header, 8);
             if pfv != PFV_1_0 {
-                return Err(PduError::Unsupported { offset: 8, reason: "PDU format version" });
+                return Err(PduError::Unsupported {
+                    offset: 8,
+                    reason: "PDU format version",
+                });
             }
             PduHeader::ICResp(ICResp {
                 pfv,
@@ -449,8 +517,15 @@ pub fn decode_header(layout: &PduLayout, header: &[u8]) -> Result<PduHeader, Pdu
             })
         }
         PduType::H2CTermReq | PduType::C2HTermReq => {
-            let t = TermReq { fes: get_u16(header, 8), fei: get_u32(header, 10) };
-            if layout.pdu_type == PduType::H2CTermReq { PduHeader::H2CTermReq(t) } else { PduHeader::C2HTermReq(t) }
+            let t = TermReq {
+                fes: get_u16(header, 8),
+                fei: get_u32(header, 10),
+            };
+            if layout.pdu_type == PduType::H2CTermReq {
+                PduHeader::H2CTermReq(t)
+            } else {
+                PduHeader::C2HTermReq(t)
+            }
         }
         PduType::CapsuleCmd => {
             let mut sqe = [0u8; SQE_LEN];
@@ -480,10 +555,19 @@ pub fn decode_header(layout: &PduLayout, header: &[u8]) -> Result<PduHeader, Pdu
             if d.success && !d.last {
                 return Err(bad(1, "SUCCESS without LAST_PDU"));
             }
-            if layout.pdu_type == PduType::H2CData { PduHeader::H2CData(d) } else { PduHeader::C2HData(d) }
+            if layout.pdu_type == PduType::H2CData {
+                PduHeader::H2CData(d)
+            } else {
+                PduHeader::C2HData(d)
+            }
         }
         PduType::R2T => {
-            let r = R2T { cccid: get_u16(header, 8), ttag: get_u16(header, 10), r2to: get_u32(header, 12), r2tl: get_u32(header, 16) };
+            let r = R2T {
+                cccid: get_u16(header, 8),
+                ttag: get_u16(header, 10),
+                r2to: get_u32(header, 12),
+                r2tl: get_u32(header, 16),
+            };
             if r.r2tl == 0 {
                 return Err(bad(16, "R2TL is zero"));
             }
@@ -498,7 +582,11 @@ pub fn decode_header(layout: &PduLayout, header: &[u8]) -> Result<PduHeader, Pdu
 pub fn encode_header(h: &PduHeader, data_len: usize, digests: Digests, out: &mut Vec<u8>) {
     let t = h.pdu_type();
     let hlen = t.hlen();
-    let d = if t.takes_digests() { digests } else { Digests::NONE };
+    let d = if t.takes_digests() {
+        digests
+    } else {
+        Digests::NONE
+    };
     let with_data = data_len > 0;
     let header_total = hlen + if d.header { DIGEST_LEN } else { 0 };
     let data_digest = with_data && d.data && t != PduType::H2CTermReq && t != PduType::C2HTermReq;
@@ -551,8 +639,18 @@ pub fn encode_header(h: &PduHeader, data_len: usize, digests: Digests, out: &mut
             put_u32(b, 16, r.r2tl);
         }
     }
-    let pdo = if with_data && !matches!(t, PduType::H2CTermReq | PduType::C2HTermReq) { header_total as u8 } else { 0 };
-    let ch = CommonHeader { pdu_type: t as u8, flags: fl, hlen: hlen as u8, pdo, plen: plen as u32 };
+    let pdo = if with_data && !matches!(t, PduType::H2CTermReq | PduType::C2HTermReq) {
+        header_total as u8
+    } else {
+        0
+    };
+    let ch = CommonHeader {
+        pdu_type: t as u8,
+        flags: fl,
+        hlen: hlen as u8,
+        pdo,
+        plen: plen as u32,
+    };
     b[..COMMON_HEADER_LEN].copy_from_slice(&ch.encode());
     if d.header {
         let dg = digest_bytes(&out[start..start + hlen]);
@@ -584,7 +682,11 @@ pub struct Pdu<'a> {
 
 /// Parses one PDU from the start of `buf`, verifying digests. Returns `Ok(None)` when `buf`
 /// does not yet hold the whole PDU, otherwise the PDU and the number of bytes it used.
-pub fn decode_pdu(buf: &[u8], digests: Option<Digests>, max_data: usize) -> Result<Option<(Pdu<'_>, usize)>, PduError> {
+pub fn decode_pdu(
+    buf: &[u8],
+    digests: Option<Digests>,
+    max_data: usize,
+) -> Result<Option<(Pdu<'_>, usize)>, PduError> {
     let Some(ch_bytes) = buf.first_chunk::<COMMON_HEADER_LEN>() else {
         return Ok(None);
     };
@@ -617,13 +719,22 @@ mod tests {
     use crate::status::Status;
     use proptest::prelude::*;
 
-    const ALL: Digests = Digests { header: true, data: true };
+    const ALL: Digests = Digests {
+        header: true,
+        data: true,
+    };
 
     fn round_trip(h: PduHeader, data: &[u8], d: Digests) {
         let mut out = Vec::new();
         encode_pdu(&h, data, d, &mut out);
-        let conn_digests = if matches!(h, PduHeader::ICReq(_) | PduHeader::ICResp(_)) { None } else { Some(d) };
-        let (pdu, used) = decode_pdu(&out, conn_digests, 1 << 20).expect("decodes").expect("complete");
+        let conn_digests = if matches!(h, PduHeader::ICReq(_) | PduHeader::ICResp(_)) {
+            None
+        } else {
+            Some(d)
+        };
+        let (pdu, used) = decode_pdu(&out, conn_digests, 1 << 20)
+            .expect("decodes")
+            .expect("complete");
         assert_eq!(used, out.len());
         assert_eq!(pdu.header, h);
         assert_eq!(pdu.data, data);
@@ -635,42 +746,126 @@ mod tests {
 
     #[test]
     fn ic_round_trip() {
-        round_trip(PduHeader::ICReq(ICReq { pfv: 0, hpda: 0, digests: ALL, maxr2t: 0 }), &[], Digests::NONE);
-        round_trip(PduHeader::ICResp(ICResp { pfv: 0, cpda: 0, digests: ALL, maxh2cdata: 131072 }), &[], Digests::NONE);
+        round_trip(
+            PduHeader::ICReq(ICReq {
+                pfv: 0,
+                hpda: 0,
+                digests: ALL,
+                maxr2t: 0,
+            }),
+            &[],
+            Digests::NONE,
+        );
+        round_trip(
+            PduHeader::ICResp(ICResp {
+                pfv: 0,
+                cpda: 0,
+                digests: ALL,
+                maxh2cdata: 131072,
+            }),
+            &[],
+            Digests::NONE,
+        );
     }
 
     #[test]
     fn icreq_matches_kernel_bytes() {
         let mut out = Vec::new();
-        encode_pdu(&PduHeader::ICReq(ICReq { pfv: 0, hpda: 0, digests: Digests::NONE, maxr2t: 0 }), &[], Digests::NONE, &mut out);
+        encode_pdu(
+            &PduHeader::ICReq(ICReq {
+                pfv: 0,
+                hpda: 0,
+                digests: Digests::NONE,
+                maxr2t: 0,
+            }),
+            &[],
+            Digests::NONE,
+            &mut out,
+        );
         assert_eq!(out.len(), 128);
         assert_eq!(&out[..8], &[0x00, 0x00, 128, 0, 128, 0, 0, 0]);
     }
 
     #[test]
     fn data_pdus_round_trip_with_and_without_digests() {
-        for d in [Digests::NONE, ALL, Digests { header: true, data: false }, Digests { header: false, data: true }] {
-            let mut sqe = Sqe { opcode: 1, cid: 7, nsid: 1, ..Default::default() };
+        for d in [
+            Digests::NONE,
+            ALL,
+            Digests {
+                header: true,
+                data: false,
+            },
+            Digests {
+                header: false,
+                data: true,
+            },
+        ] {
+            let mut sqe = Sqe {
+                opcode: 1,
+                cid: 7,
+                nsid: 1,
+                ..Default::default()
+            };
             sqe.dptr = SglDescriptor::in_capsule(8);
             round_trip(PduHeader::CapsuleCmd(sqe), b"abcdefgh", d);
             round_trip(PduHeader::CapsuleCmd(sqe), &[], d);
-            round_trip(PduHeader::CapsuleResp(Cqe::new(7, Status::INVALID_FIELD)), &[], d);
-            let dh = DataHeader { cccid: 7, ttag: 3, datao: 4096, datal: 5, last: true, success: false };
+            round_trip(
+                PduHeader::CapsuleResp(Cqe::new(7, Status::INVALID_FIELD)),
+                &[],
+                d,
+            );
+            let dh = DataHeader {
+                cccid: 7,
+                ttag: 3,
+                datao: 4096,
+                datal: 5,
+                last: true,
+                success: false,
+            };
             round_trip(PduHeader::H2CData(dh), b"hello", d);
-            round_trip(PduHeader::C2HData(DataHeader { success: true, ttag: 0, ..dh }), b"hello", d);
-            round_trip(PduHeader::R2T(R2T { cccid: 7, ttag: 1, r2to: 0, r2tl: 65536 }), &[], d);
+            round_trip(
+                PduHeader::C2HData(DataHeader {
+                    success: true,
+                    ttag: 0,
+                    ..dh
+                }),
+                b"hello",
+                d,
+            );
+            round_trip(
+                PduHeader::R2T(R2T {
+                    cccid: 7,
+                    ttag: 1,
+                    r2to: 0,
+                    r2tl: 65536,
+                }),
+                &[],
+                d,
+            );
         }
     }
 
     #[test]
     fn term_req_round_trip() {
-        round_trip(PduHeader::C2HTermReq(TermReq { fes: fes::HEADER_DIGEST_ERROR, fei: 0 }), &[1u8; 72], ALL);
+        round_trip(
+            PduHeader::C2HTermReq(TermReq {
+                fes: fes::HEADER_DIGEST_ERROR,
+                fei: 0,
+            }),
+            &[1u8; 72],
+            ALL,
+        );
     }
 
     #[test]
     fn header_digest_mismatch_is_detected() {
         let mut out = Vec::new();
-        encode_pdu(&PduHeader::CapsuleResp(Cqe::new(1, Status::SUCCESS)), &[], ALL, &mut out);
+        encode_pdu(
+            &PduHeader::CapsuleResp(Cqe::new(1, Status::SUCCESS)),
+            &[],
+            ALL,
+            &mut out,
+        );
         out[12] ^= 0xff;
         let err = decode_pdu(&out, Some(ALL), 4096).unwrap_err();
         assert!(matches!(err, PduError::HeaderDigest { .. }));
@@ -680,46 +875,114 @@ mod tests {
     #[test]
     fn data_digest_mismatch_is_detected() {
         let mut out = Vec::new();
-        let dh = DataHeader { cccid: 1, ttag: 0, datao: 0, datal: 4, last: true, success: false };
+        let dh = DataHeader {
+            cccid: 1,
+            ttag: 0,
+            datao: 0,
+            datal: 4,
+            last: true,
+            success: false,
+        };
         encode_pdu(&PduHeader::H2CData(dh), b"data", ALL, &mut out);
         let n = out.len();
         out[n - 5] ^= 1;
-        assert!(matches!(decode_pdu(&out, Some(ALL), 4096), Err(PduError::DataDigest { .. })));
+        assert!(matches!(
+            decode_pdu(&out, Some(ALL), 4096),
+            Err(PduError::DataDigest { .. })
+        ));
     }
 
     #[test]
     fn digest_flags_must_match_negotiation() {
         let mut out = Vec::new();
-        encode_pdu(&PduHeader::CapsuleResp(Cqe::new(1, Status::SUCCESS)), &[], Digests::NONE, &mut out);
-        assert!(matches!(decode_pdu(&out, Some(ALL), 4096), Err(PduError::InvalidHeaderField { offset: 1, .. })));
+        encode_pdu(
+            &PduHeader::CapsuleResp(Cqe::new(1, Status::SUCCESS)),
+            &[],
+            Digests::NONE,
+            &mut out,
+        );
+        assert!(matches!(
+            decode_pdu(&out, Some(ALL), 4096),
+            Err(PduError::InvalidHeaderField { offset: 1, .. })
+        ));
     }
 
     #[test]
     fn bad_hlen_unknown_type_and_sequence() {
         let mut out = Vec::new();
-        encode_pdu(&PduHeader::ICReq(ICReq { pfv: 0, hpda: 0, digests: Digests::NONE, maxr2t: 0 }), &[], Digests::NONE, &mut out);
+        encode_pdu(
+            &PduHeader::ICReq(ICReq {
+                pfv: 0,
+                hpda: 0,
+                digests: Digests::NONE,
+                maxr2t: 0,
+            }),
+            &[],
+            Digests::NONE,
+            &mut out,
+        );
         let mut bad_hlen = out.clone();
         bad_hlen[2] = 127;
-        assert!(matches!(decode_pdu(&bad_hlen, None, 0), Err(PduError::InvalidHeaderField { offset: 2, .. })));
+        assert!(matches!(
+            decode_pdu(&bad_hlen, None, 0),
+            Err(PduError::InvalidHeaderField { offset: 2, .. })
+        ));
         let mut unknown = out.clone();
         unknown[0] = 0x08;
         assert_eq!(decode_pdu(&unknown, None, 0), Err(PduError::UnknownType(8)));
-        assert!(matches!(decode_pdu(&out, Some(Digests::NONE), 0), Err(PduError::Sequence(_))));
+        assert!(matches!(
+            decode_pdu(&out, Some(Digests::NONE), 0),
+            Err(PduError::Sequence(_))
+        ));
         let mut cmd = Vec::new();
-        encode_pdu(&PduHeader::CapsuleCmd(Sqe::default()), &[], Digests::NONE, &mut cmd);
-        assert!(matches!(decode_pdu(&cmd, None, 0), Err(PduError::Sequence(_))));
+        encode_pdu(
+            &PduHeader::CapsuleCmd(Sqe::default()),
+            &[],
+            Digests::NONE,
+            &mut cmd,
+        );
+        assert!(matches!(
+            decode_pdu(&cmd, None, 0),
+            Err(PduError::Sequence(_))
+        ));
         // A C2HTermReq answering a bad ICReq decodes before initialization.
         let mut term = Vec::new();
-        encode_pdu(&PduHeader::C2HTermReq(TermReq { fes: fes::UNSUPPORTED_PARAMETER, fei: 8 }), &out[..8], Digests::NONE, &mut term);
-        assert!(matches!(decode_pdu(&term, None, 0), Ok(Some((Pdu { header: PduHeader::C2HTermReq(_), .. }, _)))));
+        encode_pdu(
+            &PduHeader::C2HTermReq(TermReq {
+                fes: fes::UNSUPPORTED_PARAMETER,
+                fei: 8,
+            }),
+            &out[..8],
+            Digests::NONE,
+            &mut term,
+        );
+        assert!(matches!(
+            decode_pdu(&term, None, 0),
+            Ok(Some((
+                Pdu {
+                    header: PduHeader::C2HTermReq(_),
+                    ..
+                },
+                _
+            )))
+        ));
         let mut pfv = out.clone();
         pfv[8] = 1;
-        assert!(matches!(decode_pdu(&pfv, None, 0), Err(PduError::Unsupported { offset: 8, .. })));
+        assert!(matches!(
+            decode_pdu(&pfv, None, 0),
+            Err(PduError::Unsupported { offset: 8, .. })
+        ));
     }
 
     #[test]
     fn oversized_data_is_refused_before_reading_it() {
-        let ch = CommonHeader { pdu_type: PduType::H2CData as u8, flags: flags::DATA_LAST, hlen: 24, pdo: 24, plen: 24 + 1_000_000 };
+        let ch = CommonHeader {
+            pdu_type: PduType::H2CData as u8,
+            flags: flags::DATA_LAST,
+            hlen: 24,
+            pdo: 24,
+            plen: 24 + 1_000_000,
+        };
         let err = layout(&ch, Some(Digests::NONE), 131072).unwrap_err();
         assert!(matches!(err, PduError::DataLimitExceeded { .. }));
         assert_eq!(err.fes(), fes::DATA_LIMIT_EXCEEDED);
@@ -728,10 +991,20 @@ mod tests {
     #[test]
     fn datal_mismatch_rejected() {
         let mut out = Vec::new();
-        let dh = DataHeader { cccid: 1, ttag: 0, datao: 0, datal: 4, last: true, success: false };
+        let dh = DataHeader {
+            cccid: 1,
+            ttag: 0,
+            datao: 0,
+            datal: 4,
+            last: true,
+            success: false,
+        };
         encode_pdu(&PduHeader::H2CData(dh), b"data", Digests::NONE, &mut out);
         out[16] = 3;
-        assert!(matches!(decode_pdu(&out, Some(Digests::NONE), 4096), Err(PduError::InvalidHeaderField { offset: 16, .. })));
+        assert!(matches!(
+            decode_pdu(&out, Some(Digests::NONE), 4096),
+            Err(PduError::InvalidHeaderField { offset: 16, .. })
+        ));
     }
 
     proptest! {

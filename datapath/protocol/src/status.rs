@@ -137,7 +137,14 @@ impl Status {
 
 impl fmt::Debug for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (sct {:#x} sc {:#04x}{})", self.name(), self.sct, self.sc, if self.dnr { " dnr" } else { "" })
+        write!(
+            f,
+            "{} (sct {:#x} sc {:#04x}{})",
+            self.name(),
+            self.sct,
+            self.sc,
+            if self.dnr { " dnr" } else { "" }
+        )
     }
 }
 
@@ -153,7 +160,12 @@ mod tests {
 
     #[test]
     fn field_round_trip() {
-        for s in [Status::SUCCESS, Status::INVALID_FIELD, Status::CONNECT_INVALID_HOST, Status::UNRECOVERED_READ_ERROR] {
+        for s in [
+            Status::SUCCESS,
+            Status::INVALID_FIELD,
+            Status::CONNECT_INVALID_HOST,
+            Status::UNRECOVERED_READ_ERROR,
+        ] {
             assert_eq!(Status::from_field(s.to_field()), s);
         }
         assert_eq!(Status::INVALID_FIELD.to_field(), 0x4002);

@@ -43,8 +43,11 @@ struct Cap {
 
 impl Cap {
     fn to_proto(&self) -> Result<VolumeCapability, String> {
-        use volume_capability::{AccessMode, AccessType, BlockVolume, MountVolume, access_mode::Mode};
-        let mode = Mode::from_str_name(&self.mode).ok_or_else(|| format!("unknown access mode {}", self.mode))?;
+        use volume_capability::{
+            AccessMode, AccessType, BlockVolume, MountVolume, access_mode::Mode,
+        };
+        let mode = Mode::from_str_name(&self.mode)
+            .ok_or_else(|| format!("unknown access mode {}", self.mode))?;
         Ok(VolumeCapability {
             access_type: Some(if self.block {
                 AccessType::Block(BlockVolume {})
@@ -61,7 +64,9 @@ impl Cap {
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s.split_once('=').ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
     Ok((k.to_string(), v.to_string()))
 }
 
@@ -138,7 +143,9 @@ enum Cmd {
 }
 
 async fn call(endpoint: &str, cmd: Cmd) -> Result<Vec<(String, String)>, tonic::Status> {
-    let ch = ferrite_e2e::csi::connect(endpoint).await.map_err(tonic::Status::unavailable)?;
+    let ch = ferrite_e2e::csi::connect(endpoint)
+        .await
+        .map_err(tonic::Status::unavailable)?;
     let mut node = NodeClient::new(ch.clone());
     let mut out = Vec::new();
     let mut kv = |k: &str, v: String| out.push((k.to_string(), v));
@@ -146,10 +153,16 @@ async fn call(endpoint: &str, cmd: Cmd) -> Result<Vec<(String, String)>, tonic::
     match cmd {
         Cmd::Identity => {
             let mut id = IdentityClient::new(ch);
-            let info = id.get_plugin_info(GetPluginInfoRequest {}).await?.into_inner();
+            let info = id
+                .get_plugin_info(GetPluginInfoRequest {})
+                .await?
+                .into_inner();
             kv("name", info.name);
             kv("vendor_version", info.vendor_version);
-            let caps = id.get_plugin_capabilities(GetPluginCapabilitiesRequest {}).await?.into_inner();
+            let caps = id
+                .get_plugin_capabilities(GetPluginCapabilitiesRequest {})
+                .await?
+                .into_inner();
             for c in caps.capabilities {
                 kv("plugin_capability", format!("{:?}", c.r#type));
             }
@@ -157,17 +170,26 @@ async fn call(endpoint: &str, cmd: Cmd) -> Result<Vec<(String, String)>, tonic::
             kv("ready", format!("{}", probe.ready.unwrap_or(false)));
         }
         Cmd::Info => {
-            let r = node.node_get_info(NodeGetInfoRequest {}).await?.into_inner();
+            let r = node
+                .node_get_info(NodeGetInfoRequest {})
+                .await?
+                .into_inner();
             kv("node_id", r.node_id);
             kv("max_volumes_per_node", r.max_volumes_per_node.to_string());
-            let mut segs: Vec<_> = r.accessible_topology.map(|t| t.segments.into_iter().collect()).unwrap_or_default();
+            let mut segs: Vec<_> = r
+                .accessible_topology
+                .map(|t| t.segments.into_iter().collect())
+                .unwrap_or_default();
             segs.sort();
             for (k, v) in segs {
                 kv(&format!("topology.{k}"), v);
             }
         }
         Cmd::Caps => {
-            let r = node.node_get_capabilities(NodeGetCapabilitiesRequest {}).await?.into_inner();
+            let r = node
+                .node_get_capabilities(NodeGetCapabilitiesRequest {})
+                .await?
+                .into_inner();
             for c in r.capabilities {
                 if let Some(node_service_capability::Type::Rpc(rpc)) = c.r#type {
                     let name = node_service_capability::rpc::Type::try_from(rpc.r#type)
@@ -177,7 +199,13 @@ async fn call(endpoint: &str, cmd: Cmd) -> Result<Vec<(String, String)>, tonic::
                 }
             }
         }
-        Cmd::Stage { volume_id, staging, cap, ctx, pctx } => {
+        Cmd::Stage {
+            volume_id,
+            staging,
+            cap,
+            ctx,
+            pctx,
+        } => {
             let cap = cap.to_proto().map_err(tonic::Status::invalid_argument)?;
             node.node_stage_volume(NodeStageVolumeRequest {
                 volume_id,
@@ -191,10 +219,21 @@ async fn call(endpoint: &str, cmd: Cmd) -> Result<Vec<(String, String)>, tonic::
             kv("staged", "true".into());
         }
         Cmd::Unstage { volume_id, staging } => {
-            node.node_unstage_volume(NodeUnstageVolumeRequest { volume_id, staging_target_path: staging }).await?;
+            node.node_unstage_volume(NodeUnstageVolumeRequest {
+                volume_id,
+                staging_target_path: staging,
+            })
+            .await?;
             kv("unstaged", "true".into());
         }
-        Cmd::Publish { volume_id, staging, target, cap, readonly, ctx } => {
+        Cmd::Publish {
+            volume_id,
+            staging,
+            target,
+            cap,
+            readonly,
+            ctx,
+        } => {
             let cap = cap.to_proto().map_err(tonic::Status::invalid_argument)?;
             node.node_publish_volume(NodePublishVolumeRequest {
                 volume_id,
@@ -210,7 +249,11 @@ async fn call(endpoint: &str, cmd: Cmd) -> Result<Vec<(String, String)>, tonic::
             kv("published", "true".into());
         }
         Cmd::Unpublish { volume_id, target } => {
-            node.node_unpublish_volume(NodeUnpublishVolumeRequest { volume_id, target_path: target }).await?;
+            node.node_unpublish_volume(NodeUnpublishVolumeRequest {
+                volume_id,
+                target_path: target,
+            })
+            .await?;
             kv("unpublished", "true".into());
         }
         Cmd::Stats { volume_id, path } => {
@@ -237,12 +280,20 @@ async fn call(endpoint: &str, cmd: Cmd) -> Result<Vec<(String, String)>, tonic::
                 kv("message", c.message);
             }
         }
-        Cmd::Expand { volume_id, path, required_bytes, staging } => {
+        Cmd::Expand {
+            volume_id,
+            path,
+            required_bytes,
+            staging,
+        } => {
             let r = node
                 .node_expand_volume(NodeExpandVolumeRequest {
                     volume_id,
                     volume_path: path,
-                    capacity_range: Some(CapacityRange { required_bytes, limit_bytes: 0 }),
+                    capacity_range: Some(CapacityRange {
+                        required_bytes,
+                        limit_bytes: 0,
+                    }),
                     staging_target_path: staging.unwrap_or_default(),
                     volume_capability: None,
                     secrets: HashMap::new(),

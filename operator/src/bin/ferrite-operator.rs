@@ -128,11 +128,12 @@ async fn run(args: Args) -> Result<(), String> {
                 .map_err(|e| format!("node API TLS: {e}"))?,
         ),
         (None, Some(dir)) => Some(
-            ferrite_api::tls::ClientPem::from_dir(dir)
-                .map_err(|e| format!("node API TLS: {e}"))?,
+            ferrite_api::tls::ClientPem::from_dir(dir).map_err(|e| format!("node API TLS: {e}"))?,
         ),
         (None, None) => {
-            tracing::warn!("no --node-tls-secret or --node-tls-dir: node API calls are not authenticated");
+            tracing::warn!(
+                "no --node-tls-secret or --node-tls-dir: node API calls are not authenticated"
+            );
             None
         }
     };

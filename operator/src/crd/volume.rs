@@ -367,7 +367,8 @@ mod tests {
             "spec.replicas is 4; it must be between 1 and 3"
         );
         let mut hosts = spec(4096, 2);
-        hosts.allowed_hosts = vec!["nqn.2014-08.org.nvmexpress:uuid:0f6a0e0b-4d8a-4d2c-9d1e-2c1b8b4c5d6e".into()];
+        hosts.allowed_hosts =
+            vec!["nqn.2014-08.org.nvmexpress:uuid:0f6a0e0b-4d8a-4d2c-9d1e-2c1b8b4c5d6e".into()];
         assert!(hosts.validate().is_ok());
         hosts.allowed_hosts.push("node-1".into());
         let err = hosts.validate().unwrap_err();

@@ -55,8 +55,8 @@ use crate::decisions::PoolView;
 use crate::decisions::growth::check_room;
 use crate::decisions::model::replica_bytes;
 use crate::decisions::placement::PlacementPolicy;
-use crate::reconcile::world::World;
 use crate::node_api::NodeClients;
+use crate::reconcile::world::World;
 
 /// The controller's state.
 pub struct ControllerService {
@@ -168,8 +168,7 @@ impl Identity for Csi {
                 csi::PluginCapability {
                     r#type: Some(Type::VolumeExpansion(
                         csi::plugin_capability::VolumeExpansion {
-                            r#type: csi::plugin_capability::volume_expansion::Type::Online
-                                as i32,
+                            r#type: csi::plugin_capability::volume_expansion::Type::Online as i32,
                         },
                     )),
                 },

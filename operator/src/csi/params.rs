@@ -200,7 +200,10 @@ pub fn volume_spec(
         }
     }
     for t in class_terms {
-        if t.match_label_expressions.iter().any(|e| e.key.is_empty() || e.values.is_empty()) {
+        if t.match_label_expressions
+            .iter()
+            .any(|e| e.key.is_empty() || e.values.is_empty())
+        {
             return Err(Status::invalid_argument(
                 "the StorageClass's allowedTopologies has a term with an empty key or no values",
             ));
@@ -360,7 +363,10 @@ mod tests {
     fn explicit_restrictions_come_from_parameters_and_the_class() {
         let p: HashMap<String, String> = [
             (PARAM_ALLOWED_NODES, " b, a ,"),
-            (PARAM_NODE_SELECTOR, "topology.kubernetes.io/zone=z1, disk=ssd"),
+            (
+                PARAM_NODE_SELECTOR,
+                "topology.kubernetes.io/zone=z1, disk=ssd",
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -379,7 +385,10 @@ mod tests {
         assert_eq!(t.allowed_nodes, ["a", "b"]);
         assert_eq!(t.required_node_labels["disk"], "ssd");
         assert_eq!(t.allowed_topologies, terms);
-        assert_eq!(t.allowed_topologies[0].match_label_expressions[0].values, ["z1", "z2"]);
+        assert_eq!(
+            t.allowed_topologies[0].match_label_expressions[0].values,
+            ["z1", "z2"]
+        );
         let bad: HashMap<String, String> =
             [(PARAM_NODE_SELECTOR.to_string(), "zone".to_string())].into();
         assert_eq!(

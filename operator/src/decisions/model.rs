@@ -81,9 +81,9 @@ pub fn topology_value<'n>(node: &'n NodeView, key: &str) -> Option<&'n str> {
 
 /// Whether `node` matches every expression of `term`.
 fn matches_term(node: &NodeView, term: &TopologyTerm) -> bool {
-    term.match_label_expressions.iter().all(|e| {
-        topology_value(node, &e.key).is_some_and(|v| e.values.iter().any(|w| w == v))
-    })
+    term.match_label_expressions
+        .iter()
+        .all(|e| topology_value(node, &e.key).is_some_and(|v| e.values.iter().any(|w| w == v)))
 }
 
 /// Why a node does not satisfy a topology.

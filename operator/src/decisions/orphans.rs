@@ -142,7 +142,11 @@ mod tests {
         let mut clock = OrphanClock::default();
         let o: BTreeSet<Orphan> = [Orphan::Replica("r".into())].into();
         assert!(clock.due("n", &o, t0, grace).is_empty());
-        assert!(clock.due("n", &o, t0 + Duration::from_secs(59), grace).is_empty());
+        assert!(
+            clock
+                .due("n", &o, t0 + Duration::from_secs(59), grace)
+                .is_empty()
+        );
         assert_eq!(
             clock.due("n", &o, t0 + grace, grace),
             [Orphan::Replica("r".into())]

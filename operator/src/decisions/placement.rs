@@ -556,7 +556,11 @@ mod tests {
             n
         };
         // a and b (z1) are emptier than c (z2), but the second replica goes to z2.
-        let nodes = [zoned("a", "z1", 0), zoned("b", "z1", 0), zoned("c", "z2", 5 * GIB)];
+        let nodes = [
+            zoned("a", "z1", 0),
+            zoned("b", "z1", 0),
+            zoned("c", "z2", 5 * GIB),
+        ];
         let (t, ex) = (Topology::default(), BTreeSet::new());
         let got = place(&req(2, GIB, &t, &ex), &nodes, &PlacementPolicy::default()).unwrap();
         assert_eq!(names(&got), [("a", "p"), ("c", "p")]);

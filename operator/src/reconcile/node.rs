@@ -17,13 +17,13 @@ use ferrite_api::node::v1::{
 use kube::Api;
 use kube::runtime::controller::Action;
 
+use super::world::World;
 use super::{Context, Error, i64_bytes, now, patch_status};
 use crate::conditions::{self, ConditionUpdate, READY, Status};
 use crate::crd::{Endpoint, FerriteNode, FerriteNodeStatus, NodePhase};
 use crate::decisions::orphans::{NodeObjects, Orphan, References, orphans};
 use crate::names::{node_pool_name, volume_nqn};
 use crate::node_api::parse_host_port;
-use super::world::World;
 
 /// Reconciles one FerriteNode.
 pub async fn reconcile(node: Arc<FerriteNode>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -167,11 +167,12 @@ async fn collect_orphans(ctx: &Context, node: &FerriteNode, name: &str) -> Resul
             .collect::<BTreeSet<_>>(),
     };
     let found = orphans(&on_node, &refs);
-    let due = ctx
-        .orphans
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .due(name, &found, Instant::now(), ctx.orphan_grace);
+    let due = ctx.orphans.lock().unwrap_or_else(|p| p.into_inner()).due(
+        name,
+        &found,
+        Instant::now(),
+        ctx.orphan_grace,
+    );
     for o in due {
         let r = match &o {
             Orphan::Replica(uuid) => c
@@ -201,7 +202,9 @@ async fn collect_orphans(ctx: &Context, node: &FerriteNode, name: &str) -> Resul
                     .unwrap_or_else(|p| p.into_inner())
                     .forget(name, &o);
             }
-            Err(s) => tracing::warn!(node = %name, orphan = %o, error = %s, "destroying an orphan failed"),
+            Err(s) => {
+                tracing::warn!(node = %name, orphan = %o, error = %s, "destroying an orphan failed")
+            }
         }
     }
     Ok(())

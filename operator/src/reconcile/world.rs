@@ -26,12 +26,18 @@ impl World {
     /// Lists the three kinds and counts pools and volumes in the metrics.
     pub async fn load(ctx: &Context) -> Result<World, Error> {
         let world = World::fetch(&ctx.client).await?;
-        ctx.metrics.observe_pools(world.pools.iter().map(|(name, p)| {
-            (name.as_str(), p.status.as_ref().and_then(|s| s.phase))
-        }));
-        ctx.metrics.observe_volumes(world.volumes.iter().map(|(name, v)| {
-            (name.as_str(), v.status.as_ref().and_then(|s| s.state))
-        }));
+        ctx.metrics.observe_pools(
+            world
+                .pools
+                .iter()
+                .map(|(name, p)| (name.as_str(), p.status.as_ref().and_then(|s| s.phase))),
+        );
+        ctx.metrics.observe_volumes(
+            world
+                .volumes
+                .iter()
+                .map(|(name, v)| (name.as_str(), v.status.as_ref().and_then(|s| s.state))),
+        );
         Ok(world)
     }
 

@@ -196,11 +196,9 @@ impl Inner {
                 (st.version, st.dirty.clone(), writes)
             };
             let timeout = self.opts.io_timeout;
-            let results = join_all(
-                writes
-                    .iter()
-                    .map(|(t, l)| replica::timed(timeout, "label write", label::write_label(&*t.dev, l))),
-            )
+            let results = join_all(writes.iter().map(|(t, l)| {
+                replica::timed(timeout, "label write", label::write_label(&*t.dev, l))
+            }))
             .await;
             let failed: Vec<(ReplicaId, u64, String)> = writes
                 .iter()

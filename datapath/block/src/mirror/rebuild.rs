@@ -233,8 +233,7 @@ impl Inner {
         // directly; writes dispatched earlier set their bits before being dispatched.
         let (list, geo) = {
             let st = self.lock();
-            let list: Option<Vec<u64>> =
-            match kind {
+            let list: Option<Vec<u64>> = match kind {
                 RebuildKind::Full => None,
                 RebuildKind::Partial => Some(st.dirty.ones()),
                 RebuildKind::Resync => st.tracking.map(|_| st.dirty.ones()),
@@ -259,7 +258,9 @@ impl Inner {
         let mut copies = stream::iter(regions)
             .map(|r| async move {
                 !me.shutdown.load(Ordering::Acquire)
-                    && me.copy_region(id_ref, epoch, r, geo.region_extent(r), tracker_ref).await
+                    && me
+                        .copy_region(id_ref, epoch, r, geo.region_extent(r), tracker_ref)
+                        .await
             })
             .buffer_unordered(self.opts.rebuild_parallelism.max(1));
         while let Some(go_on) = copies.next().await {
@@ -282,7 +283,6 @@ impl Inner {
         (off, len): (u64, u64),
         tracker: &RebuildTracker,
     ) -> bool {
-
         let timeout = self.opts.io_timeout;
         loop {
             let guard = self.locks.exclusive(r).await;

@@ -28,7 +28,6 @@
 //! | 0x0C0  | 1024 | member UUIDs in index order, 64 slots of 16 bytes (unused = 0)|
 //! | 0xFFC  | 4    | CRC32C of bytes 0x000..0xFFC                                  |
 
-
 /// Magic at the start of every label.
 pub const LABEL_MAGIC: [u8; 8] = *b"FERRAID0";
 /// Label format version written by this build (and the only one it reads).

@@ -239,7 +239,9 @@ fn store_futures_are_send() {
     assert_send(&ThinStore::format(Arc::clone(&dev), 1 << 20));
     assert_send(&ThinStore::open(Arc::clone(&dev)));
     assert_send(&ThinStore::is_formatted(dev.as_ref()));
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let store = rt
         .block_on(ThinStore::format(Arc::clone(&dev), 1 << 20))
         .unwrap();

@@ -54,12 +54,14 @@ impl NodeError {
     pub fn thin(what: &str, e: ThinError) -> NodeError {
         let msg = format!("{what}: {e}");
         match e {
-            ThinError::NoSpace { .. } | ThinError::TooManyVolumes(_) => NodeError::ResourceExhausted(msg),
+            ThinError::NoSpace { .. } | ThinError::TooManyVolumes(_) => {
+                NodeError::ResourceExhausted(msg)
+            }
             ThinError::AlreadyExists { .. } => NodeError::AlreadyExists(msg),
             ThinError::NotFound(_) | ThinError::VolumeGone(_) => NodeError::NotFound(msg),
-            ThinError::InvalidArgument(_) | ThinError::Shrink { .. } | ThinError::DeviceTooSmall { .. } => {
-                NodeError::InvalidArgument(msg)
-            }
+            ThinError::InvalidArgument(_)
+            | ThinError::Shrink { .. }
+            | ThinError::DeviceTooSmall { .. } => NodeError::InvalidArgument(msg),
             ThinError::Device(_) => NodeError::Unavailable(msg),
             _ => NodeError::Internal(msg),
         }
@@ -69,10 +71,12 @@ impl NodeError {
     pub fn mirror(what: &str, e: MirrorError) -> NodeError {
         let msg = format!("{what}: {e}");
         match e {
-            MirrorError::Block(_) | MirrorError::Connect { .. } | MirrorError::Closed { .. } => NodeError::Unavailable(msg),
-            MirrorError::Invalid(_) | MirrorError::TooManyReplicas(_) | MirrorError::DuplicateReplica(_) => {
-                NodeError::InvalidArgument(msg)
+            MirrorError::Block(_) | MirrorError::Connect { .. } | MirrorError::Closed { .. } => {
+                NodeError::Unavailable(msg)
             }
+            MirrorError::Invalid(_)
+            | MirrorError::TooManyReplicas(_)
+            | MirrorError::DuplicateReplica(_) => NodeError::InvalidArgument(msg),
             MirrorError::UnknownReplica(_) => NodeError::NotFound(msg),
             _ => NodeError::FailedPrecondition(msg),
         }
@@ -90,12 +94,27 @@ mod tests {
             NodeError::ResourceExhausted(m) if m.starts_with("r: ")
         ));
         assert!(matches!(
-            NodeError::thin("r", ThinError::AlreadyExists { uuid: "u".into(), existing: "x".into() }),
+            NodeError::thin(
+                "r",
+                ThinError::AlreadyExists {
+                    uuid: "u".into(),
+                    existing: "x".into()
+                }
+            ),
             NodeError::AlreadyExists(_)
         ));
-        assert!(matches!(NodeError::pool("p", PoolError::NoMembers), NodeError::InvalidArgument(_)));
         assert!(matches!(
-            NodeError::pool("p", PoolError::NotAMember { position: 0, device: "d".into() }),
+            NodeError::pool("p", PoolError::NoMembers),
+            NodeError::InvalidArgument(_)
+        ));
+        assert!(matches!(
+            NodeError::pool(
+                "p",
+                PoolError::NotAMember {
+                    position: 0,
+                    device: "d".into()
+                }
+            ),
             NodeError::FailedPrecondition(_)
         ));
     }

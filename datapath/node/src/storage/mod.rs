@@ -75,7 +75,11 @@ pub struct Storage {
 /// DH-HMAC-CHAP secrets of `node:` for targets that ask for authentication).
 pub fn host_options(cfg: &Config) -> HostOptions {
     let name = node_name(cfg);
-    let hostnqn = cfg.node.hostnqn.clone().unwrap_or_else(|| config::node_hostnqn(&name));
+    let hostnqn = cfg
+        .node
+        .hostnqn
+        .clone()
+        .unwrap_or_else(|| config::node_hostnqn(&name));
     let hostid = *Uuid::new_v5(&Uuid::NAMESPACE_OID, hostnqn.as_bytes()).as_bytes();
     // Checked by `Config::validate`; a secret that does not parse is not used.
     let (dhchap_secret, dhchap_ctrl_secret) = cfg.node.own_secrets().unwrap_or_default();
@@ -94,7 +98,9 @@ pub fn host_options(cfg: &Config) -> HostOptions {
 /// The node's name: configured, or the host name.
 pub fn node_name(cfg: &Config) -> String {
     cfg.node.name.clone().unwrap_or_else(|| {
-        std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "node".into())
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "node".into())
     })
 }
 
@@ -102,7 +108,12 @@ impl Storage {
     /// Opens pools, creates and exports replicas, and starts building volumes. `api` names
     /// the objects that came from the state file (and what of it was refused); `state` is
     /// where changes are persisted (none: they are not).
-    pub async fn open(cfg: &Config, api: &ApiKeys, target: &Arc<Target>, state: Option<StateFile>) -> Result<Arc<Storage>> {
+    pub async fn open(
+        cfg: &Config,
+        api: &ApiKeys,
+        target: &Arc<Target>,
+        state: Option<StateFile>,
+    ) -> Result<Arc<Storage>> {
         let storage = Arc::new(Storage {
             target: target.clone(),
             host: host_options(cfg),
@@ -118,30 +129,55 @@ impl Storage {
         });
         let origin = |api: bool| if api { Origin::Api } else { Origin::Config };
         for p in &cfg.pools {
-            let pool = Pool::open(p, origin(api.pools.contains(&p.name))).await.with_context(|| format!("pool {}", p.name))?;
+            let pool = Pool::open(p, origin(api.pools.contains(&p.name)))
+                .await
+                .with_context(|| format!("pool {}", p.name))?;
             lock(&storage.pools).push(Arc::new(pool));
         }
         for r in &cfg.replicas {
             let id = config::parse_uuid("replica uuid", &r.uuid)?;
-            storage.open_replica(r, origin(api.replicas.contains(&id))).await.with_context(|| format!("replica {id}"))?;
+            storage
+                .open_replica(r, origin(api.replicas.contains(&id)))
+                .await
+                .with_context(|| format!("replica {id}"))?;
         }
         for v in &cfg.volumes {
             let id = config::parse_uuid("volume uuid", &v.uuid)?;
-            storage.start_volume(v, origin(api.volumes.contains(&id))).with_context(|| format!("volume {id}"))?;
+            storage
+                .start_volume(v, origin(api.volumes.contains(&id)))
+                .with_context(|| format!("volume {id}"))?;
         }
         Ok(storage)
     }
 
     /// Writes the objects created through the API to the state file.
     fn persist(&self) -> Result<(), NodeError> {
-        let Some(file) = &self.state else { return Ok(()) };
+        let Some(file) = &self.state else {
+            return Ok(());
+        };
         let state = Config {
-            pools: self.pools().iter().filter(|p| p.origin == Origin::Api).map(|p| p.spec.clone()).collect(),
-            replicas: self.replicas().iter().filter(|r| r.origin == Origin::Api).map(|r| r.spec()).collect(),
-            volumes: self.volume_records().iter().filter(|v| v.origin == Origin::Api).map(|v| v.spec()).collect(),
+            pools: self
+                .pools()
+                .iter()
+                .filter(|p| p.origin == Origin::Api)
+                .map(|p| p.spec.clone())
+                .collect(),
+            replicas: self
+                .replicas()
+                .iter()
+                .filter(|r| r.origin == Origin::Api)
+                .map(|r| r.spec())
+                .collect(),
+            volumes: self
+                .volume_records()
+                .iter()
+                .filter(|v| v.origin == Origin::Api)
+                .map(|v| v.spec())
+                .collect(),
             ..Config::default()
         };
-        file.save(&state).map_err(|e| NodeError::Internal(format!("saving the node state: {e:#}")))
+        file.save(&state)
+            .map_err(|e| NodeError::Internal(format!("saving the node state: {e:#}")))
     }
 
     /// Closes every mirror cleanly and flushes every pool.

@@ -28,22 +28,31 @@ pub struct Pool {
 
 /// The stripe size a spec asks for (None: the default, or whatever an imported pool has).
 fn requested_stripe(spec: &PoolSpec) -> Result<Option<u32>, NodeError> {
-    let Some(s) = &spec.stripe_size else { return Ok(None) };
-    let bytes = parse_size(s).map_err(|e| NodeError::InvalidArgument(format!("pool {}: stripe size: {e}", spec.name)))?;
-    u32::try_from(bytes)
-        .map(Some)
-        .map_err(|_| NodeError::InvalidArgument(format!("pool {}: stripe size {s} is too large", spec.name)))
+    let Some(s) = &spec.stripe_size else {
+        return Ok(None);
+    };
+    let bytes = parse_size(s)
+        .map_err(|e| NodeError::InvalidArgument(format!("pool {}: stripe size: {e}", spec.name)))?;
+    u32::try_from(bytes).map(Some).map_err(|_| {
+        NodeError::InvalidArgument(format!("pool {}: stripe size {s} is too large", spec.name))
+    })
 }
 
 /// Checks a pool spec without touching any device.
 pub fn check_spec(spec: &PoolSpec) -> Result<(), NodeError> {
-    raid0::label::validate_pool_name(&spec.name)
-        .map_err(|r| NodeError::InvalidArgument(format!("invalid pool name {:?}: {r}", spec.name)))?;
+    raid0::label::validate_pool_name(&spec.name).map_err(|r| {
+        NodeError::InvalidArgument(format!("invalid pool name {:?}: {r}", spec.name))
+    })?;
     if spec.disks.is_empty() {
-        return Err(NodeError::InvalidArgument(format!("pool {}: no disks given", spec.name)));
+        return Err(NodeError::InvalidArgument(format!(
+            "pool {}: no disks given",
+            spec.name
+        )));
     }
     for d in &spec.disks {
-        BackendSpec::parse(d).map_err(|e| NodeError::InvalidArgument(format!("pool {}: disk {d:?}: {e}", spec.name)))?;
+        BackendSpec::parse(d).map_err(|e| {
+            NodeError::InvalidArgument(format!("pool {}: disk {d:?}: {e}", spec.name))
+        })?;
     }
     requested_stripe(spec)?;
     Ok(())
@@ -58,7 +67,8 @@ impl Pool {
             Err(_) => false,
         };
         spec.disks == self.disks
-            && spec.block_size.unwrap_or(DEFAULT_BLOCK_SIZE) == self.spec.block_size.unwrap_or(DEFAULT_BLOCK_SIZE)
+            && spec.block_size.unwrap_or(DEFAULT_BLOCK_SIZE)
+                == self.spec.block_size.unwrap_or(DEFAULT_BLOCK_SIZE)
             && stripe_ok
     }
 
@@ -71,12 +81,17 @@ impl Pool {
         let mut members: Vec<Arc<dyn BlockDevice>> = Vec::new();
         let mut labelled = 0;
         for d in &spec.disks {
-            let backend = BackendSpec::parse(d).map_err(|e| NodeError::InvalidArgument(format!("pool {name}: disk {d:?}: {e}")))?;
-            let dev = backend.open(bs).await.map_err(|e| NodeError::Unavailable(format!("pool {name}: opening disk {d}: {e}")))?;
+            let backend = BackendSpec::parse(d)
+                .map_err(|e| NodeError::InvalidArgument(format!("pool {name}: disk {d:?}: {e}")))?;
+            let dev = backend.open(bs).await.map_err(|e| {
+                NodeError::Unavailable(format!("pool {name}: opening disk {d}: {e}"))
+            })?;
             let head = dev
                 .read(0, (4096 / dev.block_size()).max(1))
                 .await
-                .map_err(|e| NodeError::Unavailable(format!("pool {name}: reading disk {d}: {e}")))?;
+                .map_err(|e| {
+                    NodeError::Unavailable(format!("pool {name}: reading disk {d}: {e}"))
+                })?;
             if raid0::label::has_magic(&head) {
                 labelled += 1;
             }
@@ -91,7 +106,9 @@ impl Pool {
             info!(pool = %name, disks = spec.disks.len(), capacity = pool.capacity_bytes(), "pool created");
             pool
         } else {
-            let pool = Raid0Pool::import(members).await.map_err(|e| NodeError::pool(&format!("importing pool {name}"), e))?;
+            let pool = Raid0Pool::import(members)
+                .await
+                .map_err(|e| NodeError::pool(&format!("importing pool {name}"), e))?;
             if pool.name() != name {
                 return Err(NodeError::FailedPrecondition(format!(
                     "the disks of pool {name:?} hold pool {:?}; refusing to use them under another name",
@@ -99,7 +116,9 @@ impl Pool {
                 )));
             }
             if pool.needs_label_repair() {
-                pool.rewrite_labels().await.map_err(|e| NodeError::pool(&format!("repairing labels of pool {name}"), e))?;
+                pool.rewrite_labels()
+                    .await
+                    .map_err(|e| NodeError::pool(&format!("repairing labels of pool {name}"), e))?;
             }
             info!(pool = %name, capacity = pool.capacity_bytes(), generation = pool.generation(), "pool imported");
             pool
@@ -108,13 +127,32 @@ impl Pool {
         let dev: Arc<dyn BlockDevice> = raid.clone();
         let what = format!("pool {name}");
         // A new pool gets a new store even if an old pool's store is still in the data area.
-        let store = if !created && ThinStore::is_formatted(dev.as_ref()).await.map_err(|e| NodeError::thin(&what, e))? {
-            ThinStore::open(dev).await.map_err(|e| NodeError::thin(&format!("opening the volumes of {what}"), e))?
+        let store = if !created
+            && ThinStore::is_formatted(dev.as_ref())
+                .await
+                .map_err(|e| NodeError::thin(&what, e))?
+        {
+            ThinStore::open(dev)
+                .await
+                .map_err(|e| NodeError::thin(&format!("opening the volumes of {what}"), e))?
         } else {
-            let opts = FormatOptions { cluster_size: ThinStore::DEFAULT_CLUSTER_SIZE, force: true, ..FormatOptions::default() };
-            ThinStore::format_with(dev, &opts).await.map_err(|e| NodeError::thin(&format!("formatting {what}"), e))?
+            let opts = FormatOptions {
+                cluster_size: ThinStore::DEFAULT_CLUSTER_SIZE,
+                force: true,
+                ..FormatOptions::default()
+            };
+            ThinStore::format_with(dev, &opts)
+                .await
+                .map_err(|e| NodeError::thin(&format!("formatting {what}"), e))?
         };
-        Ok(Pool { name: name.clone(), raid, store, disks: spec.disks.clone(), spec: spec.clone(), origin })
+        Ok(Pool {
+            name: name.clone(),
+            raid,
+            store,
+            disks: spec.disks.clone(),
+            spec: spec.clone(),
+            origin,
+        })
     }
 }
 
@@ -146,7 +184,10 @@ impl Storage {
         }
         for p in self.pools() {
             if let Some(d) = spec.disks.iter().find(|d| p.disks.contains(d)) {
-                return Err(NodeError::FailedPrecondition(format!("disk {d} belongs to pool {}", p.name)));
+                return Err(NodeError::FailedPrecondition(format!(
+                    "disk {d} belongs to pool {}",
+                    p.name
+                )));
             }
         }
         let pool = Arc::new(Pool::open(&spec, Origin::Api).await?);
@@ -158,13 +199,25 @@ impl Storage {
     /// Destroys a pool that holds no replicas, clearing its disks' labels; idempotent.
     pub async fn destroy_pool(&self, name: &str) -> Result<(), NodeError> {
         let _change = self.changes.lock().await;
-        let Some(pool) = self.pool(name) else { return Ok(()) };
+        let Some(pool) = self.pool(name) else {
+            return Ok(());
+        };
         if pool.origin == Origin::Config {
-            return Err(NodeError::FailedPrecondition(format!("pool {name} is defined in the configuration file")));
+            return Err(NodeError::FailedPrecondition(format!(
+                "pool {name} is defined in the configuration file"
+            )));
         }
-        let held: Vec<String> = pool.store.list().iter().map(|v| Uuid::from_bytes(v.uuid).to_string()).collect();
+        let held: Vec<String> = pool
+            .store
+            .list()
+            .iter()
+            .map(|v| Uuid::from_bytes(v.uuid).to_string())
+            .collect();
         if !held.is_empty() {
-            return Err(NodeError::FailedPrecondition(format!("pool {name} still holds replicas: {}", held.join(", "))));
+            return Err(NodeError::FailedPrecondition(format!(
+                "pool {name} still holds replicas: {}",
+                held.join(", ")
+            )));
         }
         lock(&self.pools).retain(|p| p.name != name);
         if let Err(e) = pool.store.flush().await {
@@ -190,7 +243,9 @@ impl Storage {
                 }
             }
         };
-        raid.destroy().await.map_err(|e| NodeError::pool(&format!("destroying pool {name}"), e))?;
+        raid.destroy()
+            .await
+            .map_err(|e| NodeError::pool(&format!("destroying pool {name}"), e))?;
         self.persist()?;
         info!(pool = %name, "pool destroyed");
         Ok(())

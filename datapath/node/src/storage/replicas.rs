@@ -35,12 +35,20 @@ impl Replica {
     /// The export's subsystem NQN, if exported.
     pub fn nqn(&self) -> Option<String> {
         let spec = lock(&self.spec);
-        spec.export.as_ref().map(|e| e.nqn.clone().unwrap_or_else(|| config::replica_nqn(&self.uuid)))
+        spec.export.as_ref().map(|e| {
+            e.nqn
+                .clone()
+                .unwrap_or_else(|| config::replica_nqn(&self.uuid))
+        })
     }
 
     /// Hosts allowed to connect to the export.
     pub fn allowed_hosts(&self) -> Vec<String> {
-        lock(&self.spec).export.as_ref().map(|e| e.allow_hosts.clone()).unwrap_or_default()
+        lock(&self.spec)
+            .export
+            .as_ref()
+            .map(|e| e.allow_hosts.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -55,12 +63,19 @@ pub fn check_hosts(hosts: &[String]) -> Result<(), NodeError> {
 fn target_error(what: &str, e: TargetError) -> NodeError {
     match e {
         TargetError::SubsystemExists(_) => NodeError::AlreadyExists(format!("{what}: {e}")),
-        TargetError::InvalidNqn(_) | TargetError::ReservedNqn(_) => NodeError::InvalidArgument(format!("{what}: {e}")),
+        TargetError::InvalidNqn(_) | TargetError::ReservedNqn(_) => {
+            NodeError::InvalidArgument(format!("{what}: {e}"))
+        }
         _ => NodeError::Internal(format!("{what}: {e}")),
     }
 }
 
-fn export(target: &Target, uuid: Uuid, volume: &Arc<ThinVolume>, e: &ExportSpec) -> Result<String, NodeError> {
+fn export(
+    target: &Target,
+    uuid: Uuid,
+    volume: &Arc<ThinVolume>,
+    e: &ExportSpec,
+) -> Result<String, NodeError> {
     let nqn = e.nqn.clone().unwrap_or_else(|| config::replica_nqn(&uuid));
     if e.allow_hosts.is_empty() && e.allow_any_host {
         warn!(replica = %uuid, "replica exported to any host: set export.allow_hosts to the mirroring nodes");
@@ -84,17 +99,30 @@ impl Storage {
 
     /// The replica `uuid`.
     pub fn replica(&self, uuid: Uuid) -> Option<Arc<Replica>> {
-        lock(&self.replicas).iter().find(|r| r.uuid == uuid).cloned()
+        lock(&self.replicas)
+            .iter()
+            .find(|r| r.uuid == uuid)
+            .cloned()
     }
 
     /// Creates (idempotently) and exports the replica `spec` describes, in an open pool.
-    pub(super) async fn open_replica(&self, spec: &ReplicaSpec, origin: Origin) -> Result<Arc<Replica>, NodeError> {
-        let uuid = Uuid::parse_str(&spec.uuid)
-            .map_err(|_| NodeError::InvalidArgument(format!("replica uuid {:?} is not a UUID", spec.uuid)))?;
-        let pool = self.pool(&spec.pool).ok_or_else(|| NodeError::NotFound(format!("pool {} does not exist on this node", spec.pool)))?;
-        let size = parse_size(&spec.size).map_err(|e| NodeError::InvalidArgument(format!("replica {uuid}: size: {e}")))?;
+    pub(super) async fn open_replica(
+        &self,
+        spec: &ReplicaSpec,
+        origin: Origin,
+    ) -> Result<Arc<Replica>, NodeError> {
+        let uuid = Uuid::parse_str(&spec.uuid).map_err(|_| {
+            NodeError::InvalidArgument(format!("replica uuid {:?} is not a UUID", spec.uuid))
+        })?;
+        let pool = self.pool(&spec.pool).ok_or_else(|| {
+            NodeError::NotFound(format!("pool {} does not exist on this node", spec.pool))
+        })?;
+        let size = parse_size(&spec.size)
+            .map_err(|e| NodeError::InvalidArgument(format!("replica {uuid}: size: {e}")))?;
         if size == 0 {
-            return Err(NodeError::InvalidArgument(format!("replica {uuid}: size must be greater than zero")));
+            return Err(NodeError::InvalidArgument(format!(
+                "replica {uuid}: size must be greater than zero"
+            )));
         }
         if origin == Origin::Api && spec.thin && size > pool.store.capacity_bytes() {
             return Err(NodeError::ResourceExhausted(format!(
@@ -105,7 +133,12 @@ impl Storage {
         }
         let volume = pool
             .store
-            .create_volume(*uuid.as_bytes(), &format!("replica-{uuid}"), size, spec.thin)
+            .create_volume(
+                *uuid.as_bytes(),
+                &format!("replica-{uuid}"),
+                size,
+                spec.thin,
+            )
             .await
             .map_err(|e| NodeError::thin(&format!("replica {uuid} in pool {}", pool.name), e))?;
         let nqn = match &spec.export {
@@ -113,7 +146,13 @@ impl Storage {
             Some(e) => Some(export(&self.target, uuid, &volume, e)?),
         };
         info!(replica = %uuid, pool = %pool.name, size, thin = spec.thin, export = ?nqn, "replica ready");
-        let replica = Arc::new(Replica { uuid, pool: pool.name.clone(), volume, origin, spec: Mutex::new(spec.clone()) });
+        let replica = Arc::new(Replica {
+            uuid,
+            pool: pool.name.clone(),
+            volume,
+            origin,
+            spec: Mutex::new(spec.clone()),
+        });
         lock(&self.replicas).push(replica.clone());
         Ok(replica)
     }
@@ -121,8 +160,9 @@ impl Storage {
     /// Creates a replica; idempotent by UUID (same pool, size and provisioning). Non-empty
     /// `spec.export` hosts export a new replica, or an existing one not exported yet.
     pub async fn create_replica(&self, spec: ReplicaSpec) -> Result<Arc<Replica>, NodeError> {
-        let uuid = Uuid::parse_str(&spec.uuid)
-            .map_err(|_| NodeError::InvalidArgument(format!("replica uuid {:?} is not a UUID", spec.uuid)))?;
+        let uuid = Uuid::parse_str(&spec.uuid).map_err(|_| {
+            NodeError::InvalidArgument(format!("replica uuid {:?} is not a UUID", spec.uuid))
+        })?;
         if let Some(e) = &spec.export {
             check_hosts(&e.allow_hosts)?;
         }
@@ -151,12 +191,20 @@ impl Storage {
     }
 
     /// Sets the hosts allowed to connect to a replica's export, exporting it if needed.
-    pub async fn export_replica(&self, uuid: Uuid, hosts: Vec<String>) -> Result<Arc<Replica>, NodeError> {
+    pub async fn export_replica(
+        &self,
+        uuid: Uuid,
+        hosts: Vec<String>,
+    ) -> Result<Arc<Replica>, NodeError> {
         check_hosts(&hosts)?;
         let _change = self.changes.lock().await;
-        let r = self.replica(uuid).ok_or_else(|| NodeError::NotFound(format!("replica {uuid} does not exist on this node")))?;
+        let r = self.replica(uuid).ok_or_else(|| {
+            NodeError::NotFound(format!("replica {uuid} does not exist on this node"))
+        })?;
         if r.origin == Origin::Config {
-            return Err(NodeError::FailedPrecondition(format!("replica {uuid} is defined in the configuration file")));
+            return Err(NodeError::FailedPrecondition(format!(
+                "replica {uuid} is defined in the configuration file"
+            )));
         }
         let mut spec = r.spec();
         match (&mut spec.export, r.nqn()) {
@@ -168,7 +216,11 @@ impl Storage {
                 e.allow_any_host = false;
             }
             _ => {
-                let e = ExportSpec { nqn: None, allow_hosts: hosts, allow_any_host: false };
+                let e = ExportSpec {
+                    nqn: None,
+                    allow_hosts: hosts,
+                    allow_any_host: false,
+                };
                 export(&self.target, uuid, &r.volume, &e)?;
                 spec.export = Some(e);
             }
@@ -181,12 +233,21 @@ impl Storage {
     /// Grows a replica.
     pub async fn resize_replica(&self, uuid: Uuid, size: u64) -> Result<Arc<Replica>, NodeError> {
         let _change = self.changes.lock().await;
-        let r = self.replica(uuid).ok_or_else(|| NodeError::NotFound(format!("replica {uuid} does not exist on this node")))?;
+        let r = self.replica(uuid).ok_or_else(|| {
+            NodeError::NotFound(format!("replica {uuid} does not exist on this node"))
+        })?;
         if r.origin == Origin::Config {
-            return Err(NodeError::FailedPrecondition(format!("replica {uuid} is defined in the configuration file")));
+            return Err(NodeError::FailedPrecondition(format!(
+                "replica {uuid} is defined in the configuration file"
+            )));
         }
-        let pool = self.pool(&r.pool).ok_or_else(|| NodeError::NotFound(format!("pool {} is gone", r.pool)))?;
-        pool.store.resize(*uuid.as_bytes(), size).await.map_err(|e| NodeError::thin(&format!("resizing replica {uuid}"), e))?;
+        let pool = self
+            .pool(&r.pool)
+            .ok_or_else(|| NodeError::NotFound(format!("pool {} is gone", r.pool)))?;
+        pool.store
+            .resize(*uuid.as_bytes(), size)
+            .await
+            .map_err(|e| NodeError::thin(&format!("resizing replica {uuid}"), e))?;
         lock(&r.spec).size = size.to_string();
         self.persist()?;
         // Hosts of the export (a remote mirror) learn the new size.
@@ -205,25 +266,37 @@ impl Storage {
             // A leftover in a pool's store (e.g. from a lost state file) is destroyed too.
             for p in self.pools() {
                 if p.store.list().iter().any(|v| v.uuid == *uuid.as_bytes()) {
-                    p.store.destroy(*uuid.as_bytes()).await.map_err(|e| NodeError::thin(&format!("destroying replica {uuid}"), e))?;
+                    p.store
+                        .destroy(*uuid.as_bytes())
+                        .await
+                        .map_err(|e| NodeError::thin(&format!("destroying replica {uuid}"), e))?;
                     info!(replica = %uuid, pool = %p.name, "leftover replica destroyed");
                 }
             }
             return Ok(());
         };
         if r.origin == Origin::Config {
-            return Err(NodeError::FailedPrecondition(format!("replica {uuid} is defined in the configuration file")));
+            return Err(NodeError::FailedPrecondition(format!(
+                "replica {uuid} is defined in the configuration file"
+            )));
         }
         if let Some(v) = self.volume_using(uuid) {
-            return Err(NodeError::FailedPrecondition(format!("replica {uuid} is used by volume {v}")));
+            return Err(NodeError::FailedPrecondition(format!(
+                "replica {uuid} is used by volume {v}"
+            )));
         }
         if let Some(nqn) = r.nqn()
             && let Err(e) = self.target.remove_subsystem(&nqn)
         {
             warn!(replica = %uuid, error = %e, "removing the export failed");
         }
-        let pool = self.pool(&r.pool).ok_or_else(|| NodeError::NotFound(format!("pool {} is gone", r.pool)))?;
-        pool.store.destroy(*uuid.as_bytes()).await.map_err(|e| NodeError::thin(&format!("destroying replica {uuid}"), e))?;
+        let pool = self
+            .pool(&r.pool)
+            .ok_or_else(|| NodeError::NotFound(format!("pool {} is gone", r.pool)))?;
+        pool.store
+            .destroy(*uuid.as_bytes())
+            .await
+            .map_err(|e| NodeError::thin(&format!("destroying replica {uuid}"), e))?;
         lock(&self.replicas).retain(|x| x.uuid != uuid);
         self.persist()?;
         info!(replica = %uuid, "replica destroyed");

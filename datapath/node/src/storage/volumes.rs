@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use ferrite_block::BlockDevice;
-use ferrite_block::mirror::{LocalReplica, Mirror, MirrorError, MirrorOptions, MirrorStatus, ReplicaConnector};
+use ferrite_block::mirror::{
+    LocalReplica, Mirror, MirrorError, MirrorOptions, MirrorStatus, ReplicaConnector,
+};
 use ferrite_host::HostOptions;
 use ferrite_protocol::nqn;
 use ferrite_target::{NamespaceConfig, SubsystemConfig};
@@ -76,8 +78,13 @@ pub enum VolumeState {
 
 impl VolumeState {
     /// Every state, for metrics.
-    pub const ALL: [VolumeState; 5] =
-        [VolumeState::Pending, VolumeState::Online, VolumeState::Degraded, VolumeState::Rebuilding, VolumeState::Faulted];
+    pub const ALL: [VolumeState; 5] = [
+        VolumeState::Pending,
+        VolumeState::Online,
+        VolumeState::Degraded,
+        VolumeState::Rebuilding,
+        VolumeState::Faulted,
+    ];
 
     /// Lowercase name (metrics label).
     pub fn name(self) -> &'static str {
@@ -94,13 +101,19 @@ impl VolumeState {
 impl VolumeView {
     /// The volume's overall state.
     pub fn state(&self) -> VolumeState {
-        let Some(st) = &self.status else { return VolumeState::Pending };
+        let Some(st) = &self.status else {
+            return VolumeState::Pending;
+        };
         let healthy = st.healthy();
         if healthy == st.replicas.len() {
             VolumeState::Online
         } else if healthy == 0 {
             VolumeState::Faulted
-        } else if st.replicas.iter().any(|r| r.state == ferrite_block::mirror::ReplicaState::Rebuilding) {
+        } else if st
+            .replicas
+            .iter()
+            .any(|r| r.state == ferrite_block::mirror::ReplicaState::Rebuilding)
+        {
             VolumeState::Rebuilding
         } else {
             VolumeState::Degraded
@@ -113,23 +126,38 @@ impl VolumeView {
 const REPLICA_IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn mirror_options() -> MirrorOptions {
-    MirrorOptions { io_timeout: Some(REPLICA_IO_TIMEOUT), connect_timeout: REPLICA_IO_TIMEOUT, ..MirrorOptions::default() }
+    MirrorOptions {
+        io_timeout: Some(REPLICA_IO_TIMEOUT),
+        connect_timeout: REPLICA_IO_TIMEOUT,
+        ..MirrorOptions::default()
+    }
 }
 
 fn remote(id: Uuid, addr: SocketAddr, nqn: Option<String>, options: HostOptions) -> RemoteReplica {
-    RemoteReplica { id: *id.as_bytes(), addr, nqn: nqn.unwrap_or_else(|| config::replica_nqn(&id)), options }
+    RemoteReplica {
+        id: *id.as_bytes(),
+        addr,
+        nqn: nqn.unwrap_or_else(|| config::replica_nqn(&id)),
+        options,
+    }
 }
 
 /// Checks a volume spec given to the API (local replicas are checked when connecting).
 fn check_spec(v: &VolumeSpec) -> Result<Uuid, NodeError> {
     let bad = NodeError::InvalidArgument;
-    let id = Uuid::parse_str(&v.uuid).map_err(|_| bad(format!("volume uuid {:?} is not a UUID", v.uuid)))?;
+    let id = Uuid::parse_str(&v.uuid)
+        .map_err(|_| bad(format!("volume uuid {:?} is not a UUID", v.uuid)))?;
     if v.replicas.is_empty() {
         return Err(bad(format!("volume {id} has no replicas")));
     }
     let mut seen = Vec::new();
     for r in &v.replicas {
-        let rid = Uuid::parse_str(&r.uuid).map_err(|_| bad(format!("volume {id}: replica uuid {:?} is not a UUID", r.uuid)))?;
+        let rid = Uuid::parse_str(&r.uuid).map_err(|_| {
+            bad(format!(
+                "volume {id}: replica uuid {:?} is not a UUID",
+                r.uuid
+            ))
+        })?;
         if seen.contains(&rid) {
             return Err(bad(format!("volume {id}: replica {rid} is listed twice")));
         }
@@ -149,7 +177,14 @@ fn check_spec(v: &VolumeSpec) -> Result<Uuid, NodeError> {
 fn same_replicas(a: &[VolumeReplicaSpec], b: &[VolumeReplicaSpec]) -> bool {
     let key = |r: &VolumeReplicaSpec| {
         let id = Uuid::parse_str(&r.uuid).ok();
-        (id, r.address, r.nqn.clone().or_else(|| id.map(|i| config::replica_nqn(&i))).filter(|_| r.address.is_some()))
+        (
+            id,
+            r.address,
+            r.nqn
+                .clone()
+                .or_else(|| id.map(|i| config::replica_nqn(&i)))
+                .filter(|_| r.address.is_some()),
+        )
     };
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| key(x) == key(y))
 }
@@ -171,7 +206,10 @@ impl Storage {
 
     /// Mirror status of every volume served.
     pub fn volume_status(&self) -> Vec<(Uuid, String, MirrorStatus)> {
-        lock(&self.volumes).iter().map(|v| (v.uuid, v.nqn.clone(), v.mirror.status())).collect()
+        lock(&self.volumes)
+            .iter()
+            .map(|v| (v.uuid, v.nqn.clone(), v.mirror.status()))
+            .collect()
     }
 
     /// The volume of this node using local replica `replica`, if any.
@@ -179,7 +217,10 @@ impl Storage {
         lock(&self.records)
             .iter()
             .find(|r| {
-                lock(&r.spec).replicas.iter().any(|x| x.address.is_none() && Uuid::parse_str(&x.uuid).ok() == Some(replica))
+                lock(&r.spec)
+                    .replicas
+                    .iter()
+                    .any(|x| x.address.is_none() && Uuid::parse_str(&x.uuid).ok() == Some(replica))
             })
             .map(|r| r.uuid)
     }
@@ -199,14 +240,24 @@ impl Storage {
                     .unwrap_or_else(|| "assembling".into()),
             )
         };
-        Some(VolumeView { uuid, nqn: rec.nqn.clone(), spec: rec.spec(), status, pending })
+        Some(VolumeView {
+            uuid,
+            nqn: rec.nqn.clone(),
+            spec: rec.spec(),
+            status,
+            pending,
+        })
     }
 
     fn connector(&self, r: &VolumeReplicaSpec) -> Result<Arc<dyn ReplicaConnector>, NodeError> {
-        let rid = Uuid::parse_str(&r.uuid).map_err(|_| NodeError::InvalidArgument(format!("replica uuid {:?} is not a UUID", r.uuid)))?;
+        let rid = Uuid::parse_str(&r.uuid).map_err(|_| {
+            NodeError::InvalidArgument(format!("replica uuid {:?} is not a UUID", r.uuid))
+        })?;
         Ok(match r.address {
             None => {
-                let local = self.replica(rid).ok_or_else(|| NodeError::NotFound(format!("replica {rid} is not on this node")))?;
+                let local = self.replica(rid).ok_or_else(|| {
+                    NodeError::NotFound(format!("replica {rid} is not on this node"))
+                })?;
                 let dev: Arc<dyn BlockDevice> = local.volume.clone();
                 Arc::new(LocalReplica::new(*rid.as_bytes(), dev))
             }
@@ -215,19 +266,33 @@ impl Storage {
     }
 
     /// Registers volume `spec` and starts building it in the background.
-    pub(super) fn start_volume(self: &Arc<Self>, spec: &VolumeSpec, origin: Origin) -> Result<Arc<VolumeRecord>, NodeError> {
+    pub(super) fn start_volume(
+        self: &Arc<Self>,
+        spec: &VolumeSpec,
+        origin: Origin,
+    ) -> Result<Arc<VolumeRecord>, NodeError> {
         let uuid = check_spec(spec)?;
-        let connectors = spec.replicas.iter().map(|r| self.connector(r)).collect::<Result<Vec<_>, _>>()?;
+        let connectors = spec
+            .replicas
+            .iter()
+            .map(|r| self.connector(r))
+            .collect::<Result<Vec<_>, _>>()?;
         let rec = Arc::new(VolumeRecord {
             uuid,
-            nqn: spec.nqn.clone().unwrap_or_else(|| config::volume_nqn(&uuid)),
+            nqn: spec
+                .nqn
+                .clone()
+                .unwrap_or_else(|| config::volume_nqn(&uuid)),
             origin,
             spec: Mutex::new(spec.clone()),
             task: Mutex::new(None),
         });
         lock(&self.pending).push((uuid, "assembling".into()));
         lock(&self.records).push(rec.clone());
-        let task = VolumeTask { record: rec.clone(), connectors };
+        let task = VolumeTask {
+            record: rec.clone(),
+            connectors,
+        };
         let storage = self.clone();
         *lock(&rec.task) = Some(tokio::spawn(async move { task.run(storage).await }));
         Ok(rec)
@@ -235,24 +300,39 @@ impl Storage {
 
     /// Creates the volume target; idempotent by UUID (same NQN and replicas). Returns once it
     /// is online or after a short wait (then pending: it keeps being built in the background).
-    pub async fn create_volume(self: &Arc<Self>, spec: VolumeSpec) -> Result<VolumeView, NodeError> {
+    pub async fn create_volume(
+        self: &Arc<Self>,
+        spec: VolumeSpec,
+    ) -> Result<VolumeView, NodeError> {
         let uuid = check_spec(&spec)?;
         {
             let _change = self.changes.lock().await;
             if let Some(rec) = self.record(uuid) {
                 let have = rec.spec();
-                let nqn = spec.nqn.clone().unwrap_or_else(|| config::volume_nqn(&uuid));
+                let nqn = spec
+                    .nqn
+                    .clone()
+                    .unwrap_or_else(|| config::volume_nqn(&uuid));
                 if nqn != rec.nqn || !same_replicas(&have.replicas, &spec.replicas) {
                     return Err(NodeError::AlreadyExists(format!(
                         "volume {uuid} already exists as {} over replicas {}",
                         rec.nqn,
-                        have.replicas.iter().map(|r| r.uuid.as_str()).collect::<Vec<_>>().join(", ")
+                        have.replicas
+                            .iter()
+                            .map(|r| r.uuid.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     )));
                 }
             } else {
-                let nqn = spec.nqn.clone().unwrap_or_else(|| config::volume_nqn(&uuid));
+                let nqn = spec
+                    .nqn
+                    .clone()
+                    .unwrap_or_else(|| config::volume_nqn(&uuid));
                 if self.target.subsystem_nqns().contains(&nqn) {
-                    return Err(NodeError::AlreadyExists(format!("subsystem {nqn} is already served by this node")));
+                    return Err(NodeError::AlreadyExists(format!(
+                        "subsystem {nqn} is already served by this node"
+                    )));
                 }
                 self.start_volume(&spec, Origin::Api)?;
                 self.persist()?;
@@ -264,16 +344,21 @@ impl Storage {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        self.volume_view(uuid).ok_or_else(|| NodeError::NotFound(format!("volume {uuid} was destroyed meanwhile")))
+        self.volume_view(uuid)
+            .ok_or_else(|| NodeError::NotFound(format!("volume {uuid} was destroyed meanwhile")))
     }
 
     /// Stops serving a volume (clean mirror close) and forgets it; idempotent. The replicas
     /// are left as they are.
     pub async fn destroy_volume(&self, uuid: Uuid) -> Result<(), NodeError> {
         let _change = self.changes.lock().await;
-        let Some(rec) = self.record(uuid) else { return Ok(()) };
+        let Some(rec) = self.record(uuid) else {
+            return Ok(());
+        };
         if rec.origin == Origin::Config {
-            return Err(NodeError::FailedPrecondition(format!("volume {uuid} is defined in the configuration file")));
+            return Err(NodeError::FailedPrecondition(format!(
+                "volume {uuid} is defined in the configuration file"
+            )));
         }
         let task = lock(&rec.task).take();
         if let Some(t) = task {
@@ -298,42 +383,68 @@ impl Storage {
     }
 
     fn online(&self, uuid: Uuid) -> Result<(Arc<VolumeRecord>, Arc<Volume>), NodeError> {
-        let rec = self.record(uuid).ok_or_else(|| NodeError::NotFound(format!("volume {uuid} is not served by this node")))?;
+        let rec = self.record(uuid).ok_or_else(|| {
+            NodeError::NotFound(format!("volume {uuid} is not served by this node"))
+        })?;
         if rec.origin == Origin::Config {
-            return Err(NodeError::FailedPrecondition(format!("volume {uuid} is defined in the configuration file")));
+            return Err(NodeError::FailedPrecondition(format!(
+                "volume {uuid} is defined in the configuration file"
+            )));
         }
-        let vol = self.volume(uuid).ok_or_else(|| NodeError::Unavailable(format!("volume {uuid} is not online yet")))?;
+        let vol = self
+            .volume(uuid)
+            .ok_or_else(|| NodeError::Unavailable(format!("volume {uuid} is not online yet")))?;
         Ok((rec, vol))
     }
 
     /// Adds a replica to a volume (fully rebuilt in the background); idempotent.
-    pub async fn add_volume_replica(&self, uuid: Uuid, replica: VolumeReplicaSpec) -> Result<VolumeView, NodeError> {
+    pub async fn add_volume_replica(
+        &self,
+        uuid: Uuid,
+        replica: VolumeReplicaSpec,
+    ) -> Result<VolumeView, NodeError> {
         let _change = self.changes.lock().await;
         let (rec, vol) = self.online(uuid)?;
         let c = self.connector(&replica)?;
-        let have = lock(&vol.connectors).iter().any(|x| x.replica_id() == c.replica_id());
+        let have = lock(&vol.connectors)
+            .iter()
+            .any(|x| x.replica_id() == c.replica_id());
         if !have {
-            vol.mirror.add_replica(c.clone()).await.map_err(|e| NodeError::mirror(&format!("volume {uuid}: adding replica"), e))?;
+            vol.mirror
+                .add_replica(c.clone())
+                .await
+                .map_err(|e| NodeError::mirror(&format!("volume {uuid}: adding replica"), e))?;
             lock(&vol.connectors).push(c);
             lock(&rec.spec).replicas.push(replica);
             self.persist()?;
         }
-        self.volume_view(uuid).ok_or_else(|| NodeError::NotFound(format!("volume {uuid} is gone")))
+        self.volume_view(uuid)
+            .ok_or_else(|| NodeError::NotFound(format!("volume {uuid} is gone")))
     }
 
     /// Removes a replica from a volume; idempotent.
-    pub async fn remove_volume_replica(&self, uuid: Uuid, replica: Uuid) -> Result<VolumeView, NodeError> {
+    pub async fn remove_volume_replica(
+        &self,
+        uuid: Uuid,
+        replica: Uuid,
+    ) -> Result<VolumeView, NodeError> {
         let _change = self.changes.lock().await;
         let (rec, vol) = self.online(uuid)?;
         let id = *replica.as_bytes();
         let have = lock(&vol.connectors).iter().any(|x| x.replica_id() == id);
         if have {
-            vol.mirror.remove_replica(id).await.map_err(|e| NodeError::mirror(&format!("volume {uuid}: removing replica"), e))?;
+            vol.mirror
+                .remove_replica(id)
+                .await
+                .map_err(|e| NodeError::mirror(&format!("volume {uuid}: removing replica"), e))?;
             lock(&vol.connectors).retain(|x| x.replica_id() != id);
-            lock(&rec.spec).replicas.retain(|r| Uuid::parse_str(&r.uuid).ok() != Some(replica));
+            lock(&rec.spec)
+                .replicas
+                .retain(|r| Uuid::parse_str(&r.uuid).ok() != Some(replica));
             self.persist()?;
         }
-        self.volume_view(uuid).ok_or_else(|| NodeError::NotFound(format!("volume {uuid} is gone")))
+        self.volume_view(uuid)
+            .ok_or_else(|| NodeError::NotFound(format!("volume {uuid} is gone")))
     }
 
     /// Grows a volume to `size` bytes (its replicas already grown) and tells connected hosts;
@@ -344,7 +455,9 @@ impl Storage {
         let current = vol.mirror.size_bytes();
         let bs = u64::from(vol.mirror.block_size());
         if size < current {
-            return Err(NodeError::InvalidArgument(format!("volume {uuid}: cannot shrink from {current} to {size} bytes")));
+            return Err(NodeError::InvalidArgument(format!(
+                "volume {uuid}: cannot shrink from {current} to {size} bytes"
+            )));
         }
         if !size.is_multiple_of(bs) {
             return Err(NodeError::InvalidArgument(format!(
@@ -352,22 +465,34 @@ impl Storage {
             )));
         }
         if size > current {
-            vol.mirror.grow(size).await.map_err(|e| NodeError::mirror(&format!("volume {uuid}: growing"), e))?;
+            vol.mirror
+                .grow(size)
+                .await
+                .map_err(|e| NodeError::mirror(&format!("volume {uuid}: growing"), e))?;
             if let Err(e) = self.target.namespace_resized(&rec.nqn, 1) {
                 warn!(volume = %uuid, error = %e, "announcing the new size failed");
             }
             info!(volume = %uuid, from = current, to = size, "volume grown");
         }
-        self.volume_view(uuid).ok_or_else(|| NodeError::NotFound(format!("volume {uuid} is gone")))
+        self.volume_view(uuid)
+            .ok_or_else(|| NodeError::NotFound(format!("volume {uuid} is gone")))
     }
 
     /// Sets the hosts allowed to connect to a volume (empty: none).
-    pub async fn set_volume_hosts(&self, uuid: Uuid, hosts: Vec<String>) -> Result<VolumeView, NodeError> {
+    pub async fn set_volume_hosts(
+        &self,
+        uuid: Uuid,
+        hosts: Vec<String>,
+    ) -> Result<VolumeView, NodeError> {
         check_hosts(&hosts)?;
         let _change = self.changes.lock().await;
-        let rec = self.record(uuid).ok_or_else(|| NodeError::NotFound(format!("volume {uuid} is not served by this node")))?;
+        let rec = self.record(uuid).ok_or_else(|| {
+            NodeError::NotFound(format!("volume {uuid} is not served by this node"))
+        })?;
         if rec.origin == Origin::Config {
-            return Err(NodeError::FailedPrecondition(format!("volume {uuid} is defined in the configuration file")));
+            return Err(NodeError::FailedPrecondition(format!(
+                "volume {uuid} is defined in the configuration file"
+            )));
         }
         {
             let mut spec = lock(&rec.spec);
@@ -380,24 +505,33 @@ impl Storage {
                 .map_err(|e| NodeError::Internal(format!("volume {uuid}: {e}")))?;
         }
         self.persist()?;
-        self.volume_view(uuid).ok_or_else(|| NodeError::NotFound(format!("volume {uuid} is gone")))
+        self.volume_view(uuid)
+            .ok_or_else(|| NodeError::NotFound(format!("volume {uuid} is gone")))
     }
 
     /// Compares a volume's replicas region by region (CRC32C of 1 MiB regions) against the
     /// first one, through fresh connections. Meaningful when the volume is idle.
     pub async fn compare(&self, uuid: Uuid) -> Result<serde_json::Value> {
-        let v = self.volume(uuid).ok_or_else(|| anyhow!("volume {uuid} is not served here"))?;
+        let v = self
+            .volume(uuid)
+            .ok_or_else(|| anyhow!("volume {uuid} is not served here"))?;
         let connectors: Vec<_> = lock(&v.connectors).clone();
         let mut devices = Vec::new();
         for c in &connectors {
-            let dev = c.connect().await.with_context(|| format!("connecting {}", c.describe()))?;
+            let dev = c
+                .connect()
+                .await
+                .with_context(|| format!("connecting {}", c.describe()))?;
             devices.push((Uuid::from_bytes(c.replica_id()), dev));
         }
-        let Some((base_id, base)) = devices.first().cloned() else { bail!("volume {uuid} has no replicas") };
+        let Some((base_id, base)) = devices.first().cloned() else {
+            bail!("volume {uuid} has no replicas")
+        };
         let mut pairs = Vec::new();
         let mut identical = true;
         for (id, dev) in devices.iter().skip(1) {
-            let r = ferrite_block::mirror::compare_replicas(base.as_ref(), dev.as_ref(), 1 << 20).await?;
+            let r = ferrite_block::mirror::compare_replicas(base.as_ref(), dev.as_ref(), 1 << 20)
+                .await?;
             identical &= r.identical();
             pairs.push(serde_json::json!({
                 "a": base_id.to_string(),
@@ -408,7 +542,9 @@ impl Storage {
                 "differing": r.differing.iter().map(|d| [d.start, d.end]).collect::<Vec<_>>(),
             }));
         }
-        Ok(serde_json::json!({ "volume": uuid.to_string(), "identical": identical, "pairs": pairs }))
+        Ok(
+            serde_json::json!({ "volume": uuid.to_string(), "identical": identical, "pairs": pairs }),
+        )
     }
 
     /// Applies a changed configuration file to its volumes and to the DH-HMAC-CHAP keys of
@@ -420,7 +556,9 @@ impl Storage {
         let _change = self.changes.lock().await;
         // The hosts that must authenticate (node.dhchap_hosts): hosts whose keys changed are
         // disconnected and reconnect with the new ones.
-        self.target.set_default_host_keys(cfg.node.host_keys()?).context("node.dhchap_hosts")?;
+        self.target
+            .set_default_host_keys(cfg.node.host_keys()?)
+            .context("node.dhchap_hosts")?;
         for v in &cfg.volumes {
             let uuid = config::parse_uuid("volume uuid", &v.uuid)?;
             let Some(rec) = self.record(uuid) else {
@@ -431,18 +569,33 @@ impl Storage {
                 warn!(volume = %uuid, "the configuration names a volume created through the node API; ignored");
                 continue;
             }
-            let Some(vol) = self.volume(uuid) else { continue };
-            let wanted = v.replicas.iter().map(|r| self.connector(r)).collect::<Result<Vec<_>, _>>()?;
+            let Some(vol) = self.volume(uuid) else {
+                continue;
+            };
+            let wanted = v
+                .replicas
+                .iter()
+                .map(|r| self.connector(r))
+                .collect::<Result<Vec<_>, _>>()?;
             let current: Vec<Arc<dyn ReplicaConnector>> = lock(&vol.connectors).clone();
             let wanted_ids: Vec<[u8; 16]> = wanted.iter().map(|c| c.replica_id()).collect();
-            for c in current.iter().filter(|c| !wanted_ids.contains(&c.replica_id())) {
+            for c in current
+                .iter()
+                .filter(|c| !wanted_ids.contains(&c.replica_id()))
+            {
                 info!(volume = %vol.uuid, replica = %Uuid::from_bytes(c.replica_id()), "removing replica");
-                vol.mirror.remove_replica(c.replica_id()).await.with_context(|| format!("removing {}", c.describe()))?;
+                vol.mirror
+                    .remove_replica(c.replica_id())
+                    .await
+                    .with_context(|| format!("removing {}", c.describe()))?;
             }
             let have: Vec<[u8; 16]> = current.iter().map(|c| c.replica_id()).collect();
             for c in wanted.iter().filter(|c| !have.contains(&c.replica_id())) {
                 info!(volume = %vol.uuid, replica = %Uuid::from_bytes(c.replica_id()), "adding replica");
-                vol.mirror.add_replica(c.clone()).await.with_context(|| format!("adding {}", c.describe()))?;
+                vol.mirror
+                    .add_replica(c.clone())
+                    .await
+                    .with_context(|| format!("adding {}", c.describe()))?;
             }
             *lock(&vol.connectors) = wanted;
             *lock(&rec.spec) = v.clone();
