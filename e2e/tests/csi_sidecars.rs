@@ -181,30 +181,54 @@ impl Nodes {
     }
 }
 
+/// The emulated external-provisioner: the chart's flags and the topology the nodes'
+/// plugins registered.
+struct Provisioner {
+    flags: ProvisionerFlags,
+    topo: BTreeMap<String, Segments>,
+}
+
+impl Provisioner {
+    /// Its CreateVolume for `claim` of `class`, the pod scheduled on `selected`.
+    fn request(
+        &self,
+        class: &Class,
+        claim: &Claim,
+        selected: Option<&str>,
+    ) -> csi::CreateVolumeRequest {
+        let registered: Vec<Segments> = self.topo.values().cloned().collect();
+        sidecars::create_volume_request(
+            &self.flags,
+            class,
+            claim,
+            selected.map(|s| &self.topo[s]),
+            &registered,
+        )
+        .expect("provisioner request")
+    }
+}
+
+/// What the lifecycles run against: the API server, the nodes and the CSI controller.
+struct Cluster<'a> {
+    bed: &'a KubeBed,
+    nodes: &'a Nodes,
+    csi: ControllerClient<tonic::transport::Channel>,
+}
+
 /// Provisions `claim` through the emulated provisioner, checks it Online with `replicas` on
 /// the expected nodes, publishes and unpublishes it as the attacher would, deletes it, and
 /// checks that nothing is left on any node.
-#[allow(clippy::too_many_arguments)]
 fn lifecycle(
-    bed: &KubeBed,
-    nodes: &Nodes,
-    c: &mut ControllerClient<tonic::transport::Channel>,
-    flags: &ProvisionerFlags,
+    cluster: &mut Cluster<'_>,
+    p: &Provisioner,
     class: &Class,
     claim: &Claim,
     selected: Option<&str>,
-    topo: &BTreeMap<String, Segments>,
     expect_nodes: &[&str],
 ) {
-    let registered: Vec<Segments> = topo.values().cloned().collect();
-    let req = sidecars::create_volume_request(
-        flags,
-        class,
-        claim,
-        selected.map(|s| &topo[s]),
-        &registered,
-    )
-    .expect("provisioner request");
+    let (bed, nodes, flags) = (cluster.bed, cluster.nodes, &p.flags);
+    let c = &mut cluster.csi;
+    let req = p.request(class, claim, selected);
     // The provisioner retries while the answer is not final (UNAVAILABLE: not ready yet).
     let deadline = Instant::now() + Duration::from_secs(120);
     let vol = loop {
@@ -421,28 +445,31 @@ fn csi_controller_as_the_sidecars_drive_it() {
     for n in ["a", "b", "c"] {
         wait_eq(&bed, "fnode", n, "{.status.phase}", "Ready", 30);
     }
-    let mut c = nodes.rt.block_on(ferrite_e2e::csi::controller_client(port));
+    let mut cluster = Cluster {
+        bed: &bed,
+        nodes: &nodes,
+        csi: nodes.rt.block_on(ferrite_e2e::csi::controller_client(port)),
+    };
 
-    // What the node plugins registered (NodeGetInfo): the node key and the zone.
-    let topo: BTreeMap<String, Segments> = [("a", "z1"), ("b", "z1"), ("c", "z2")]
-        .into_iter()
-        .map(|(n, z)| {
-            (
-                n.to_string(),
-                [
+    // What the node plugins registered (NodeGetInfo): the node key and the zone; and the
+    // chart's provisioner flags.
+    let p = Provisioner {
+        flags: ProvisionerFlags {
+            strict_topology: true,
+            extra_create_metadata: true,
+            default_fstype: "ext4".into(),
+        },
+        topo: [("a", "z1"), ("b", "z1"), ("c", "z2")]
+            .into_iter()
+            .map(|(n, z)| {
+                let segments = [
                     (NODE_KEY.to_string(), n.to_string()),
                     (ZONE_KEY.to_string(), z.to_string()),
-                ]
-                .into(),
-            )
-        })
-        .collect();
-    let flags = ProvisionerFlags {
-        strict_topology: true,
-        extra_create_metadata: true,
-        default_fstype: "ext4".into(),
+                ];
+                (n.to_string(), segments.into())
+            })
+            .collect(),
     };
-    // The chart's provisioner flags are the ones emulated.
     let op_doc = helm::find(&docs, "Deployment", "ferrite-operator").expect("operator deployment");
     let prov = helm::container_args(op_doc, "csi-provisioner");
     for f in [
@@ -465,48 +492,21 @@ fn csi_controller_as_the_sidecars_drive_it() {
             "chart class {name} binds WaitForFirstConsumer"
         );
         let claim = claim(&bed, &format!("chart-{i}"), name, Some("a"));
-        let want: Vec<&str> = if cl.parameters.get("replicas").map(String::as_str) == Some("1") {
-            vec!["a"]
+        let want: &[&str] = if cl.parameters.get("replicas").map(String::as_str) == Some("1") {
+            &["a"]
         } else {
-            vec!["a", "c"]
+            &["a", "c"]
         };
-        lifecycle(
-            &bed,
-            &nodes,
-            &mut c,
-            &flags,
-            &cl,
-            &claim,
-            Some("a"),
-            &topo,
-            &want,
-        );
+        lifecycle(&mut cluster, &p, &cl, &claim, Some("a"), want);
     }
     // Pod on b: locality follows it.
     let cl = class(&bed, "ferrite-mirrored");
     let cb = claim(&bed, "on-b", "ferrite-mirrored", Some("b"));
-    lifecycle(
-        &bed,
-        &nodes,
-        &mut c,
-        &flags,
-        &cl,
-        &cb,
-        Some("b"),
-        &topo,
-        &["b", "c"],
-    );
+    lifecycle(&mut cluster, &p, &cl, &cb, Some("b"), &["b", "c"]);
     // Immediate binding: every node requisite, a rotated preferred list; two zones.
     let cl = class(&bed, "t-immediate");
     let ci = claim(&bed, "immediate", "t-immediate", None);
-    let req = sidecars::create_volume_request(
-        &flags,
-        &cl,
-        &ci,
-        None,
-        &topo.values().cloned().collect::<Vec<_>>(),
-    )
-    .expect("request");
+    let req = p.request(&cl, &ci, None);
     let first = req
         .accessibility_requirements
         .as_ref()
@@ -519,34 +519,18 @@ fn csi_controller_as_the_sidecars_drive_it() {
     } else {
         vec![first.as_str(), "c"]
     };
-    lifecycle(&bed, &nodes, &mut c, &flags, &cl, &ci, None, &topo, &want);
+    lifecycle(&mut cluster, &p, &cl, &ci, None, &want);
     // allowedTopologies zone z1: both replicas in z1 (a and b), none in z2.
     let cl = class(&bed, "t-zone-z1");
     let cz = claim(&bed, "zone-z1", "t-zone-z1", Some("b"));
-    lifecycle(
-        &bed,
-        &nodes,
-        &mut c,
-        &flags,
-        &cl,
-        &cz,
-        Some("b"),
-        &topo,
-        &["a", "b"],
-    );
+    lifecycle(&mut cluster, &p, &cl, &cz, Some("b"), &["a", "b"]);
 
     // Unplaceable (two replicas, one node in z2): RESOURCE_EXHAUSTED, and no Volume is left
     // behind to take storage later.
     let cl = class(&bed, "t-zone-z2");
     let cu = claim(&bed, "unplaceable", "t-zone-z2", None);
-    let req = sidecars::create_volume_request(
-        &flags,
-        &cl,
-        &cu,
-        None,
-        &topo.values().cloned().collect::<Vec<_>>(),
-    )
-    .expect("request");
+    let req = p.request(&cl, &cu, None);
+    let c = &mut cluster.csi;
     let e = nodes
         .rt
         .block_on(c.create_volume(req.clone()))

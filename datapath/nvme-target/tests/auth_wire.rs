@@ -5,10 +5,13 @@
 //! out-of-sequence authentication messages get errors (and the connection closes), never a
 //! crash; a queue that does not authenticate in time is closed; other hosts keep working.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::Raw;
 use ferrite_block::RamDevice;
 use ferrite_protocol::auth::{
     AUTHID_DHCHAP, AuthCommand, AuthMessage, CONNECT_AUTHREQ_ATR, Negotiate, Reply, failure, msg,
@@ -16,16 +19,11 @@ use ferrite_protocol::auth::{
 use ferrite_protocol::command::{RwCommand, SglDescriptor, Sqe, admin_opcode, io_opcode};
 use ferrite_protocol::completion::Cqe;
 use ferrite_protocol::dhchap::{HashId, ResponseInput, Secret, host_response};
-use ferrite_protocol::fabrics::{
-    CNTLID_DYNAMIC, ConnectCommand, ConnectData, PropertyCommand, property,
-};
-use ferrite_protocol::pdu::{Digests, ICReq, PduHeader, decode_pdu, encode_pdu};
+use ferrite_protocol::fabrics::{CNTLID_DYNAMIC, PropertyCommand, property};
 use ferrite_protocol::status::Status;
 use ferrite_target::{
     DhchapKeys, HostAccess, HostKeys, NamespaceConfig, SubsystemConfig, Target, TargetOptions,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const NQN: &str = "nqn.2024-01.dev.ferrite:auth-wire";
 const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:11111111-2222-3333-4444-555555555555";
@@ -58,106 +56,20 @@ async fn target(options: TargetOptions) -> (Arc<Target>, SocketAddr) {
     (t, addr)
 }
 
-struct Raw {
-    s: TcpStream,
-    buf: Vec<u8>,
-    /// None until ICResp (which is decoded without negotiated digests).
-    digests: Option<Digests>,
-}
-
+/// The authentication transaction, step by step.
 impl Raw {
-    async fn open(addr: SocketAddr) -> Raw {
-        let mut r = Raw {
-            s: TcpStream::connect(addr).await.unwrap(),
-            buf: Vec::new(),
-            digests: None,
-        };
-        r.send(
-            PduHeader::ICReq(ICReq {
-                pfv: 0,
-                hpda: 0,
-                digests: Digests::NONE,
-                maxr2t: 0,
-            }),
-            &[],
-        )
-        .await;
-        assert!(matches!(r.recv().await, Some((PduHeader::ICResp(_), _))));
-        r.digests = Some(Digests::NONE);
-        r
-    }
-
-    async fn send(&mut self, h: PduHeader, data: &[u8]) {
-        let mut out = Vec::new();
-        encode_pdu(&h, data, Digests::NONE, &mut out);
-        self.s.write_all(&out).await.unwrap();
-    }
-
-    async fn recv(&mut self) -> Option<(PduHeader, Vec<u8>)> {
-        loop {
-            if let Ok(Some((p, used))) = decode_pdu(&self.buf, self.digests, 1 << 20) {
-                let out = (p.header, p.data.to_vec());
-                self.buf.drain(..used);
-                return Some(out);
-            }
-            let mut chunk = [0u8; 8192];
-            let n = tokio::time::timeout(Duration::from_secs(5), self.s.read(&mut chunk))
-                .await
-                .ok()?
-                .ok()?;
-            if n == 0 {
-                return None;
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    /// Sends a command; returns its response and the data that came before it.
-    async fn command(&mut self, sqe: Sqe, data: &[u8]) -> Option<(Cqe, Vec<u8>)> {
-        self.send(PduHeader::CapsuleCmd(sqe), data).await;
-        let mut got = Vec::new();
-        loop {
-            match self.recv().await? {
-                (PduHeader::CapsuleResp(c), _) => return Some((c, got)),
-                (PduHeader::C2HData(_), d) => got.extend_from_slice(&d),
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-    }
-
-    async fn connect(&mut self, qid: u16, cntlid: u16, hostnqn: &str) -> Cqe {
-        let sqsize = if qid == 0 { 31 } else { 127 };
-        let mut sqe = ConnectCommand {
-            recfmt: 0,
-            qid,
-            sqsize,
-            cattr: 0,
-            kato: 0,
-        }
-        .to_sqe(1);
-        let data = ConnectData {
-            hostid: [1; 16],
-            cntlid,
-            subnqn: NQN.into(),
-            hostnqn: hostnqn.into(),
-        }
-        .encode();
-        sqe.dptr = SglDescriptor::in_capsule(data.len() as u32);
-        self.command(sqe, &data).await.expect("connect response").0
-    }
-
     async fn auth_send(&mut self, bytes: &[u8]) -> Option<Cqe> {
         let mut sqe = AuthCommand::dhchap(bytes.len() as u32).to_sqe(true);
         sqe.cid = 7;
         sqe.dptr = SglDescriptor::in_capsule(bytes.len() as u32);
-        Some(self.command(sqe, bytes).await?.0)
+        Some(self.exchange(sqe, bytes).await?.0)
     }
 
     async fn auth_receive(&mut self, al: u32) -> Option<(Cqe, Vec<u8>)> {
         let mut sqe = AuthCommand::dhchap(al).to_sqe(false);
         sqe.cid = 8;
         sqe.dptr = SglDescriptor::transport(al);
-        self.command(sqe, &[]).await
+        self.exchange(sqe, &[]).await
     }
 
     async fn negotiate(&mut self, t_id: u16) {
@@ -216,18 +128,6 @@ impl Raw {
         assert!(c.status.is_success());
         AuthMessage::decode(&data).unwrap()
     }
-
-    async fn closed_within(&mut self, limit: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let mut chunk = [0u8; 4096];
-            match tokio::time::timeout_at(deadline, self.s.read(&mut chunk)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => return true,
-                Ok(Ok(_)) => continue,
-                Err(_) => return false,
-            }
-        }
-    }
 }
 
 fn property_get(cid: u16) -> Sqe {
@@ -252,8 +152,8 @@ fn identify(cid: u16) -> Sqe {
 #[tokio::test]
 async fn commands_before_authentication_are_refused_on_admin_and_io_queues() {
     let (t, addr) = target(TargetOptions::default()).await;
-    let mut admin = Raw::open(addr).await;
-    let c = admin.connect(0, CNTLID_DYNAMIC, HOST).await;
+    let mut admin = Raw::ready(addr).await;
+    let c = admin.connect_queue(0, CNTLID_DYNAMIC, NQN, HOST).await;
     assert!(c.status.is_success());
     assert_ne!(
         c.result & CONNECT_AUTHREQ_ATR,
@@ -262,7 +162,7 @@ async fn commands_before_authentication_are_refused_on_admin_and_io_queues() {
     );
     let cntlid = (c.result & 0xffff) as u16;
     for sqe in [property_get(2), identify(3)] {
-        let (c, data) = admin.command(sqe, &[]).await.unwrap();
+        let (c, data) = admin.exchange(sqe, &[]).await.unwrap();
         assert_eq!(c.status, Status::AUTH_REQUIRED);
         assert!(data.is_empty(), "no data before authentication");
     }
@@ -273,7 +173,7 @@ async fn commands_before_authentication_are_refused_on_admin_and_io_queues() {
     );
     assert!(
         admin
-            .command(property_get(4), &[])
+            .exchange(property_get(4), &[])
             .await
             .unwrap()
             .0
@@ -286,11 +186,11 @@ async fn commands_before_authentication_are_refused_on_admin_and_io_queues() {
         value: 0x0046_0001,
     }
     .to_sqe(5, true);
-    assert!(admin.command(en, &[]).await.unwrap().0.status.is_success());
+    assert!(admin.exchange(en, &[]).await.unwrap().0.status.is_success());
 
     // An I/O queue of the authenticated controller must authenticate too.
-    let mut io = Raw::open(addr).await;
-    let c = io.connect(1, cntlid, HOST).await;
+    let mut io = Raw::ready(addr).await;
+    let c = io.connect_queue(1, cntlid, NQN, HOST).await;
     assert!(c.status.is_success());
     assert_ne!(c.result & CONNECT_AUTHREQ_ATR, 0);
     let mut read = Sqe {
@@ -306,25 +206,25 @@ async fn commands_before_authentication_are_refused_on_admin_and_io_queues() {
         fua: false,
     }
     .apply(&mut read);
-    let (c, data) = io.command(read, &[]).await.unwrap();
+    let (c, data) = io.exchange(read, &[]).await.unwrap();
     assert_eq!(c.status, Status::AUTH_REQUIRED);
     assert!(data.is_empty());
     assert!(matches!(
         io.authenticate(&secret(), 2).await,
         AuthMessage::Success1(_)
     ));
-    let (c, data) = io.command(read, &[]).await.unwrap();
+    let (c, data) = io.exchange(read, &[]).await.unwrap();
     assert!(c.status.is_success());
     assert_eq!(data.len(), 4096);
 
     // A host without keys is admitted as before: no ATR, commands work at once.
-    let mut other = Raw::open(addr).await;
-    let c = other.connect(0, CNTLID_DYNAMIC, OTHER).await;
+    let mut other = Raw::ready(addr).await;
+    let c = other.connect_queue(0, CNTLID_DYNAMIC, NQN, OTHER).await;
     assert!(c.status.is_success());
     assert_eq!(c.result & CONNECT_AUTHREQ_ATR, 0);
     assert!(
         other
-            .command(property_get(2), &[])
+            .exchange(property_get(2), &[])
             .await
             .unwrap()
             .0
@@ -337,8 +237,8 @@ async fn commands_before_authentication_are_refused_on_admin_and_io_queues() {
 #[tokio::test]
 async fn a_wrong_secret_gets_failure1_and_the_connection_closes() {
     let (t, addr) = target(TargetOptions::default()).await;
-    let mut admin = Raw::open(addr).await;
-    admin.connect(0, CNTLID_DYNAMIC, HOST).await;
+    let mut admin = Raw::ready(addr).await;
+    admin.connect_queue(0, CNTLID_DYNAMIC, NQN, HOST).await;
     let wrong = Secret::new(1, &[0x43; 32]).unwrap();
     let m = admin.authenticate(&wrong, 1).await;
     assert!(
@@ -346,7 +246,7 @@ async fn a_wrong_secret_gets_failure1_and_the_connection_closes() {
         "{m:?}"
     );
     assert!(
-        admin.closed_within(Duration::from_secs(3)).await,
+        admin.closed_within(Duration::from_secs(3)).await.0,
         "the failed queue is closed"
     );
     t.shutdown().await;
@@ -357,8 +257,8 @@ async fn malformed_and_oversized_messages_get_errors_not_a_crash() {
     let (t, addr) = target(TargetOptions::default()).await;
 
     // TL above the largest message: Invalid Field, the queue stays up.
-    let mut q = Raw::open(addr).await;
-    q.connect(0, CNTLID_DYNAMIC, HOST).await;
+    let mut q = Raw::ready(addr).await;
+    q.connect_queue(0, CNTLID_DYNAMIC, NQN, HOST).await;
     let big = vec![0u8; 6000];
     assert_eq!(
         q.auth_send(&big).await.unwrap().status,
@@ -368,7 +268,7 @@ async fn malformed_and_oversized_messages_get_errors_not_a_crash() {
     let mut sqe = AuthCommand::dhchap(100).to_sqe(true);
     sqe.dptr = SglDescriptor::in_capsule(72);
     assert_eq!(
-        q.command(sqe, &[0u8; 72]).await.unwrap().0.status,
+        q.exchange(sqe, &[0u8; 72]).await.unwrap().0.status,
         Status::INVALID_FIELD
     );
     // Another security protocol.
@@ -379,7 +279,7 @@ async fn malformed_and_oversized_messages_get_errors_not_a_crash() {
     .to_sqe(true);
     sqe.dptr = SglDescriptor::in_capsule(72);
     assert_eq!(
-        q.command(sqe, &[0u8; 72]).await.unwrap().0.status,
+        q.exchange(sqe, &[0u8; 72]).await.unwrap().0.status,
         Status::INVALID_FIELD
     );
     // A Reply claiming HL 255 and a 64 KiB DH value in 16 bytes: the Send completes, the
@@ -399,21 +299,21 @@ async fn malformed_and_oversized_messages_get_errors_not_a_crash() {
         matches!(m, AuthMessage::Failure(f) if f.rescode_exp == failure::INCORRECT_PAYLOAD),
         "{m:?}"
     );
-    assert!(q.closed_within(Duration::from_secs(3)).await);
+    assert!(q.closed_within(Duration::from_secs(3)).await.0);
 
     // A Receive too small for the challenge.
-    let mut q = Raw::open(addr).await;
-    q.connect(0, CNTLID_DYNAMIC, HOST).await;
+    let mut q = Raw::ready(addr).await;
+    q.connect_queue(0, CNTLID_DYNAMIC, NQN, HOST).await;
     q.negotiate(4).await;
     let (c, _) = q.auth_receive(16).await.unwrap();
     assert_eq!(c.status, Status::INVALID_FIELD);
-    assert!(q.closed_within(Duration::from_secs(3)).await);
+    assert!(q.closed_within(Duration::from_secs(3)).await.0);
 
     // Random bytes of every small length as messages, each on a fresh queue.
     let mut x: u32 = 0x9e37_79b9;
     for len in [1usize, 4, 8, 15, 16, 17, 71, 72, 73, 200] {
-        let mut q = Raw::open(addr).await;
-        q.connect(0, CNTLID_DYNAMIC, HOST).await;
+        let mut q = Raw::ready(addr).await;
+        q.connect_queue(0, CNTLID_DYNAMIC, NQN, HOST).await;
         let mut b: Vec<u8> = (0..len)
             .map(|_| {
                 x ^= x << 13;
@@ -439,8 +339,8 @@ async fn malformed_and_oversized_messages_get_errors_not_a_crash() {
     }
 
     // The target still serves everyone.
-    let mut ok = Raw::open(addr).await;
-    ok.connect(0, CNTLID_DYNAMIC, HOST).await;
+    let mut ok = Raw::ready(addr).await;
+    ok.connect_queue(0, CNTLID_DYNAMIC, NQN, HOST).await;
     assert!(matches!(
         ok.authenticate(&secret(), 9).await,
         AuthMessage::Success1(_)
@@ -456,30 +356,30 @@ async fn a_queue_that_does_not_authenticate_in_time_is_closed() {
     })
     .await;
     // Silent after Connect.
-    let mut silent = Raw::open(addr).await;
-    silent.connect(0, CNTLID_DYNAMIC, HOST).await;
-    assert!(silent.closed_within(Duration::from_secs(3)).await);
+    let mut silent = Raw::ready(addr).await;
+    silent.connect_queue(0, CNTLID_DYNAMIC, NQN, HOST).await;
+    assert!(silent.closed_within(Duration::from_secs(3)).await.0);
     // Busy with refused commands, never authenticating.
-    let mut busy = Raw::open(addr).await;
-    busy.connect(0, CNTLID_DYNAMIC, HOST).await;
+    let mut busy = Raw::ready(addr).await;
+    busy.connect_queue(0, CNTLID_DYNAMIC, NQN, HOST).await;
     let started = tokio::time::Instant::now();
     let mut cid = 10;
-    while let Some((c, _)) = busy.command(property_get(cid), &[]).await {
+    while let Some((c, _)) = busy.exchange(property_get(cid), &[]).await {
         assert_eq!(c.status, Status::AUTH_REQUIRED);
         assert!(started.elapsed() < Duration::from_secs(3), "still open");
         tokio::time::sleep(Duration::from_millis(50)).await;
         cid += 1;
     }
     // A host that authenticates in time stays.
-    let mut good = Raw::open(addr).await;
-    good.connect(0, CNTLID_DYNAMIC, HOST).await;
+    let mut good = Raw::ready(addr).await;
+    good.connect_queue(0, CNTLID_DYNAMIC, NQN, HOST).await;
     assert!(matches!(
         good.authenticate(&secret(), 1).await,
         AuthMessage::Success1(_)
     ));
     tokio::time::sleep(Duration::from_millis(1300)).await;
     assert!(
-        good.command(property_get(3), &[])
+        good.exchange(property_get(3), &[])
             .await
             .unwrap()
             .0

@@ -7,26 +7,23 @@
 //! The target runs in this process, so its memory is this process's resident set
 //! (`/proc/self/status` VmRSS); tests that measure it run one at a time.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::Raw;
 use ferrite_block::RamDevice;
 use ferrite_protocol::command::{
     GetLogPageCommand, RwCommand, SglDescriptor, Sqe, admin_opcode, io_opcode,
 };
-use ferrite_protocol::completion::Cqe;
-use ferrite_protocol::fabrics::{
-    CNTLID_DYNAMIC, ConnectCommand, ConnectData, PropertyCommand, property,
-};
+use ferrite_protocol::fabrics::{CNTLID_DYNAMIC, PropertyCommand, property};
 use ferrite_protocol::nqn::DISCOVERY_NQN;
-use ferrite_protocol::pdu::{
-    CommonHeader, Digests, ICReq, PduHeader, PduType, decode_pdu, encode_pdu, fes,
-};
+use ferrite_protocol::pdu::{Digests, PduHeader, encode_pdu, fes};
 use ferrite_protocol::status::Status;
 use ferrite_target::{HostAccess, NamespaceConfig, SubsystemConfig, Target, TargetOptions};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncWriteExt;
 
 const NQN: &str = "nqn.2024-01.dev.ferrite:hostile";
 const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:11111111-2222-3333-4444-555555555555";
@@ -77,107 +74,14 @@ async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 }
 
 /// A raw NVMe/TCP connection that speaks PDUs built by hand.
-struct Raw {
-    s: TcpStream,
-    buf: Vec<u8>,
-}
-
+/// Queue set-up shared by these tests.
 impl Raw {
-    async fn open(addr: SocketAddr) -> Raw {
-        Raw {
-            s: TcpStream::connect(addr).await.unwrap(),
-            buf: Vec::new(),
-        }
-    }
-
-    async fn send(&mut self, h: PduHeader, data: &[u8]) {
-        let mut out = Vec::new();
-        encode_pdu(&h, data, Digests::NONE, &mut out);
-        self.s.write_all(&out).await.unwrap();
-    }
-
-    /// Receives one PDU, or None if the connection closed (or nothing came for 5 s).
-    async fn recv(&mut self) -> Option<(PduHeader, Vec<u8>)> {
-        loop {
-            if let Ok(Some((p, used))) = decode_pdu(&self.buf, Some(Digests::NONE), 1 << 20) {
-                let out = (p.header, p.data.to_vec());
-                self.buf.drain(..used);
-                return Some(out);
-            }
-            let mut chunk = vec![0u8; 65536];
-            let n = tokio::time::timeout(Duration::from_secs(5), self.s.read(&mut chunk))
-                .await
-                .ok()?
-                .ok()?;
-            if n == 0 {
-                return None;
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    async fn initialize(&mut self) {
-        self.send(
-            PduHeader::ICReq(ICReq {
-                pfv: 0,
-                hpda: 0,
-                digests: Digests::NONE,
-                maxr2t: 0,
-            }),
-            &[],
-        )
-        .await;
-        let mut resp = [0u8; 128];
-        self.s.read_exact(&mut resp).await.unwrap();
-        assert_eq!(resp[0], PduType::ICResp as u8);
-    }
-
-    /// Sends a command and returns its response, with the data of any C2HData before it.
-    async fn command(&mut self, sqe: Sqe, data: &[u8]) -> (Cqe, Vec<u8>) {
-        self.send(PduHeader::CapsuleCmd(sqe), data).await;
-        let mut got = Vec::new();
-        loop {
-            match self.recv().await.expect("response") {
-                (PduHeader::CapsuleResp(c), _) => return (c, got),
-                (PduHeader::C2HData(_), d) => got.extend_from_slice(&d),
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-    }
-
-    async fn connect_queue(
-        &mut self,
-        qid: u16,
-        sqsize: u16,
-        cntlid: u16,
-        subnqn: &str,
-        hostnqn: &str,
-    ) -> Cqe {
-        let mut sqe = ConnectCommand {
-            recfmt: 0,
-            qid,
-            sqsize,
-            cattr: 0,
-            kato: 0,
-        }
-        .to_sqe(1);
-        let data = ConnectData {
-            hostid: [1; 16],
-            cntlid,
-            subnqn: subnqn.into(),
-            hostnqn: hostnqn.into(),
-        }
-        .encode();
-        sqe.dptr = SglDescriptor::in_capsule(data.len() as u32);
-        self.command(sqe, &data).await.0
-    }
-
     /// Connects an admin queue to `subnqn` and enables the controller; returns its ID.
     async fn admin(addr: SocketAddr, subnqn: &str, hostnqn: &str) -> (Raw, u16) {
         let mut r = Raw::open(addr).await;
-        r.initialize().await;
+        r.initialize(Digests::NONE).await;
         let c = r
-            .connect_queue(0, 31, CNTLID_DYNAMIC, subnqn, hostnqn)
+            .connect_queue_sized(0, 31, CNTLID_DYNAMIC, subnqn, hostnqn)
             .await;
         assert!(c.status.is_success(), "admin connect: {}", c.status);
         let en = PropertyCommand {
@@ -186,42 +90,18 @@ impl Raw {
             value: 0x0046_0001,
         }
         .to_sqe(2, true);
-        assert!(r.command(en, &[]).await.0.status.is_success());
+        assert!(r.command_data(en, &[]).await.0.status.is_success());
         (r, c.result as u16)
     }
 
     async fn io_queue(addr: SocketAddr, qid: u16, sqsize: u16, cntlid: u16, hostnqn: &str) -> Raw {
         let mut r = Raw::open(addr).await;
-        r.initialize().await;
-        let c = r.connect_queue(qid, sqsize, cntlid, NQN, hostnqn).await;
+        r.initialize(Digests::NONE).await;
+        let c = r
+            .connect_queue_sized(qid, sqsize, cntlid, NQN, hostnqn)
+            .await;
         assert!(c.status.is_success(), "I/O connect: {}", c.status);
         r
-    }
-
-    /// Reads until the target closes the connection; returns whether it did within `limit`
-    /// and the FES of a C2HTermReq seen on the way.
-    async fn closed_within(&mut self, limit: Duration) -> (bool, Option<u16>) {
-        let start = Instant::now();
-        let mut chunk = vec![0u8; 1 << 20];
-        let mut term = None;
-        loop {
-            let left = limit.saturating_sub(start.elapsed());
-            match tokio::time::timeout(left, self.s.read(&mut chunk)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => break,
-                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(_) => return (false, None),
-            }
-        }
-        while self.buf.len() >= 10 {
-            let ch = CommonHeader::decode(&self.buf[..8].try_into().unwrap());
-            if ch.pdu_type == PduType::C2HTermReq as u8 {
-                term = Some(u16::from_le_bytes([self.buf[8], self.buf[9]]));
-                break;
-            }
-            let len = (ch.plen as usize).max(8).min(self.buf.len());
-            self.buf.drain(..len);
-        }
-        (true, term)
     }
 }
 
@@ -268,7 +148,7 @@ async fn four_gib_sgl_lengths_get_an_error_and_allocate_nothing() {
     )
     .await;
     for cid in 10..30u16 {
-        let (c, data) = disc.command(identify_controller(cid, HUGE), &[]).await;
+        let (c, data) = disc.command_data(identify_controller(cid, HUGE), &[]).await;
         assert_eq!(c.status, Status::INVALID_FIELD, "Identify with a 4 GiB SGL");
         assert!(data.is_empty(), "no data sent for a refused command");
     }
@@ -288,12 +168,12 @@ async fn four_gib_sgl_lengths_get_an_error_and_allocate_nothing() {
     }
     .apply(&mut glp);
     assert_eq!(
-        disc.command(glp, &[]).await.0.status,
+        disc.command_data(glp, &[]).await.0.status,
         Status::INVALID_FIELD,
         "Get Log Page with a 4 GiB SGL"
     );
     // A valid Identify still works on the same connection.
-    let (c, data) = disc.command(identify_controller(41, 4096), &[]).await;
+    let (c, data) = disc.command_data(identify_controller(41, 4096), &[]).await;
     assert!(c.status.is_success());
     assert_eq!(data.len(), 4096);
 
@@ -302,7 +182,7 @@ async fn four_gib_sgl_lengths_get_an_error_and_allocate_nothing() {
     let mut q = Raw::io_queue(addr, 1, 127, cntlid, HOST).await;
     for cid in 0..10u16 {
         let (c, d) = q
-            .command(
+            .command_data(
                 rw(io_opcode::READ, cid, 0, 1, SglDescriptor::transport(HUGE)),
                 &[],
             )
@@ -312,7 +192,7 @@ async fn four_gib_sgl_lengths_get_an_error_and_allocate_nothing() {
         // A write whose data would come by R2T: refused without an R2T (the next PDU is the
         // response).
         let (c, _) = q
-            .command(
+            .command_data(
                 rw(
                     io_opcode::WRITE,
                     100 + cid,
@@ -327,7 +207,7 @@ async fn four_gib_sgl_lengths_get_an_error_and_allocate_nothing() {
     }
     // NLB beyond MDTS with an SGL within it.
     let (c, _) = q
-        .command(
+        .command_data(
             rw(
                 io_opcode::READ,
                 200,
@@ -341,14 +221,14 @@ async fn four_gib_sgl_lengths_get_an_error_and_allocate_nothing() {
     assert_eq!(c.status, Status::INVALID_FIELD, "NLB beyond MDTS");
     // In-capsule SGL claiming more than the capsule carries.
     let (c, _) = q
-        .command(
+        .command_data(
             rw(io_opcode::WRITE, 201, 0, 1, SglDescriptor::in_capsule(HUGE)),
             &[0u8; 4096],
         )
         .await;
     assert_eq!(c.status, Status::INVALID_FIELD, "in-capsule SGL of 4 GiB");
     let (c, d) = q
-        .command(
+        .command_data(
             rw(io_opcode::READ, 202, 0, 1, SglDescriptor::transport(4096)),
             &[],
         )
@@ -433,7 +313,7 @@ async fn a_host_that_never_reads_is_disconnected_while_others_keep_working() {
             1,
             SglDescriptor::in_capsule(4096),
         );
-        let (c, _) = tokio::time::timeout(Duration::from_secs(1), good.command(w, &payload))
+        let (c, _) = tokio::time::timeout(Duration::from_secs(1), good.command_data(w, &payload))
             .await
             .expect("good host not stalled");
         assert!(c.status.is_success());
@@ -444,7 +324,7 @@ async fn a_host_that_never_reads_is_disconnected_while_others_keep_working() {
             1,
             SglDescriptor::transport(4096),
         );
-        let (c, d) = tokio::time::timeout(Duration::from_secs(1), good.command(r, &[]))
+        let (c, d) = tokio::time::timeout(Duration::from_secs(1), good.command_data(r, &[]))
             .await
             .expect("good host not stalled");
         assert!(c.status.is_success());
@@ -471,7 +351,7 @@ async fn a_host_that_never_reads_is_disconnected_while_others_keep_working() {
     assert!(grown < RSS_BOUND, "the target grew by {grown} bytes");
     // The good host is still served after the slow one is gone.
     let r = rw(io_opcode::READ, 7, 0, 1, SglDescriptor::transport(4096));
-    assert!(good.command(r, &[]).await.0.status.is_success());
+    assert!(good.command_data(r, &[]).await.0.status.is_success());
 }
 
 /// (c) More commands outstanding than the queue has entries: the connection is terminated.
@@ -593,7 +473,7 @@ async fn idle_connections_time_out_and_the_address_limit_refuses_extras() {
 
     // ICReq but no Connect.
     let mut r = Raw::open(addr).await;
-    r.initialize().await;
+    r.initialize(Digests::NONE).await;
     let (closed, _) = r.closed_within(Duration::from_secs(2)).await;
     assert!(closed);
     assert_eq!(t.stats().connect_timeouts, 1);

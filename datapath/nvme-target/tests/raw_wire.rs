@@ -3,24 +3,22 @@
 //! target keeps serving everyone else; Connect refusals and command-level errors. Isolation: a
 //! host that stops reading stalls only its own connection.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::Raw;
 use ferrite_block::RamDevice;
 use ferrite_protocol::command::{RwCommand, SglDescriptor, Sqe, admin_opcode, io_opcode};
-use ferrite_protocol::completion::Cqe;
-use ferrite_protocol::fabrics::{
-    CNTLID_DYNAMIC, ConnectCommand, ConnectData, PropertyCommand, property,
-};
+use ferrite_protocol::fabrics::{ConnectCommand, ConnectData, PropertyCommand, property};
 use ferrite_protocol::pdu::{
-    CommonHeader, DataHeader, Digests, ICReq, PduHeader, PduType, decode_pdu, encode_pdu, fes,
+    CommonHeader, DataHeader, Digests, ICReq, PduHeader, PduType, encode_pdu, fes,
 };
 use ferrite_protocol::status::Status;
 use ferrite_target::{HostAccess, NamespaceConfig, SubsystemConfig, Target, TargetOptions};
 use rand::{Rng, SeedableRng};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 const NQN: &str = "nqn.2024-01.dev.ferrite:malformed";
 const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:11111111-2222-3333-4444-555555555555";
@@ -39,156 +37,6 @@ async fn target() -> (Arc<Target>, SocketAddr) {
     .unwrap();
     let addr = t.listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
     (t, addr)
-}
-
-/// A raw NVMe/TCP connection that speaks PDUs built by hand.
-struct Raw {
-    s: TcpStream,
-    buf: Vec<u8>,
-    digests: Option<Digests>,
-}
-
-impl Raw {
-    async fn open(addr: SocketAddr) -> Raw {
-        Raw {
-            s: TcpStream::connect(addr).await.unwrap(),
-            buf: Vec::new(),
-            digests: None,
-        }
-    }
-
-    async fn send_raw(&mut self, bytes: &[u8]) {
-        self.s.write_all(bytes).await.unwrap();
-    }
-
-    async fn send(&mut self, h: PduHeader, data: &[u8]) {
-        let mut out = Vec::new();
-        encode_pdu(&h, data, self.digests.unwrap_or_default(), &mut out);
-        self.send_raw(&out).await;
-    }
-
-    /// Receives one PDU, or None if the target closed the connection.
-    async fn recv(&mut self) -> Option<(PduHeader, Vec<u8>)> {
-        loop {
-            let digests = self.digests;
-            // C2HTermReq carries no digests; ICResp comes before negotiation.
-            let attempt = decode_pdu(&self.buf, digests, 1 << 20);
-            if let Ok(Some((p, used))) = attempt {
-                let out = (p.header, p.data.to_vec());
-                self.buf.drain(..used);
-                return Some(out);
-            }
-            let mut chunk = [0u8; 8192];
-            let n = tokio::time::timeout(Duration::from_secs(5), self.s.read(&mut chunk))
-                .await
-                .ok()?
-                .ok()?;
-            if n == 0 {
-                return None;
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    async fn initialize(&mut self, digests: Digests) {
-        self.send(
-            PduHeader::ICReq(ICReq {
-                pfv: 0,
-                hpda: 0,
-                digests,
-                maxr2t: 0,
-            }),
-            &[],
-        )
-        .await;
-        let (h, _) = self.recv().await.expect("ICResp");
-        match h {
-            PduHeader::ICResp(r) => {
-                assert_eq!(r.digests, digests);
-                assert_eq!(r.cpda, 0);
-                assert!(r.maxh2cdata >= 4096 && r.maxh2cdata % 4 == 0);
-            }
-            other => panic!("expected ICResp, got {other:?}"),
-        }
-        self.digests = Some(digests);
-    }
-
-    async fn command(&mut self, sqe: Sqe, data: &[u8]) -> Cqe {
-        self.send(PduHeader::CapsuleCmd(sqe), data).await;
-        loop {
-            match self.recv().await.expect("response") {
-                (PduHeader::CapsuleResp(c), _) => return c,
-                (PduHeader::C2HData(_), _) => continue,
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-    }
-
-    async fn connect_admin(&mut self, subnqn: &str, hostnqn: &str) -> Cqe {
-        self.connect_queue(0, CNTLID_DYNAMIC, subnqn, hostnqn).await
-    }
-
-    async fn connect_queue(&mut self, qid: u16, cntlid: u16, subnqn: &str, hostnqn: &str) -> Cqe {
-        let sqsize = if qid == 0 { 31 } else { 127 };
-        let mut sqe = ConnectCommand {
-            recfmt: 0,
-            qid,
-            sqsize,
-            cattr: 0,
-            kato: 0,
-        }
-        .to_sqe(1);
-        let data = ConnectData {
-            hostid: [1; 16],
-            cntlid,
-            subnqn: subnqn.into(),
-            hostnqn: hostnqn.into(),
-        }
-        .encode();
-        sqe.dptr = SglDescriptor::in_capsule(data.len() as u32);
-        self.command(sqe, &data).await
-    }
-
-    async fn enable(&mut self) {
-        let en = PropertyCommand {
-            size: 4,
-            offset: property::CC,
-            value: 0x0046_0001,
-        }
-        .to_sqe(2, true);
-        assert!(self.command(en, &[]).await.status.is_success());
-    }
-
-    /// Expects a C2HTermReq with `want_fes` and then the connection closing.
-    async fn expect_term(&mut self, want_fes: u16) {
-        self.digests = None;
-        // The TermReq has no digests; decode it as if none were negotiated.
-        let mut got = None;
-        loop {
-            let mut chunk = [0u8; 4096];
-            match tokio::time::timeout(Duration::from_secs(5), self.s.read(&mut chunk)).await {
-                Ok(Ok(0)) | Ok(Err(_)) => break,
-                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(_) => panic!("the target neither terminated nor closed the connection"),
-            }
-        }
-        while self.buf.len() >= 8 {
-            let mut ch = [0u8; 8];
-            ch.copy_from_slice(&self.buf[..8]);
-            let c = CommonHeader::decode(&ch);
-            if c.pdu_type == PduType::C2HTermReq as u8 {
-                got = Some(u16::from_le_bytes([self.buf[8], self.buf[9]]));
-                break;
-            }
-            let len = (c.plen as usize).max(8).min(self.buf.len());
-            self.buf.drain(..len);
-        }
-        assert_eq!(
-            got,
-            Some(want_fes),
-            "expected C2HTermReq with FES {want_fes:#x}"
-        );
-    }
 }
 
 async fn still_serves(addr: SocketAddr) {
